@@ -1,0 +1,32 @@
+"""nb_trainer: tune a PyTorch training run live in a Jupyter notebook.
+
+>>> import nb_trainer as nbt
+>>> t = nbt.Trainer(model, (X, y), (X_val, y_val))
+>>> run = t.start(lr=1e-3, optimizer="adam", epochs=20)
+
+In a notebook: ``%load_ext nb_trainer`` then ``t = %nbtrain model train val``.
+"""
+from .config import FIELDS, OPTIMIZERS, TrainConfig
+from .health.warning import CODES, HealthWarning
+from .run import Run
+from .session import Trainer
+
+__version__ = "0.1.0"
+__all__ = ["Trainer", "TrainConfig", "HealthWarning", "Run", "load_runs", "FIELDS", "OPTIMIZERS", "CODES"]
+
+
+def load_runs(path=".nb_trainer"):
+    """Records of the runs kept in the store at ``path``, from this and earlier kernels."""
+    from .store import load_runs as _load_runs
+    return _load_runs(path)
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext nb_trainer``: register the magics."""
+    from .magics import load_ipython_extension as _load
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from .magics import unload_ipython_extension as _unload
+    _unload(ipython)

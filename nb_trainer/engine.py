@@ -1,0 +1,504 @@
+"""One training run: the step and epoch loop, called on a worker thread.
+
+The loop reads top to bottom: forward, loss (+ L1), backward, gradient norms,
+clip, step, record. Per-step values (loss, gradient norms) stay on the device
+as 0-d tensors in a list; the host reads them only when the engine *logs*
+(every ``LOG_SECONDS`` or ``LOG_MAX_STEPS`` steps), so a GPU is never stalled
+once a step. Stop, pause and live changes are flags checked once a step.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import events as ev
+from .config import TrainConfig
+from .data import Source, TaskInfo
+from .health.warning import HealthWarning
+from .metrics import metrics_for
+from .run import Run
+
+LOG_SECONDS = 0.25     # host sync at most this often ...
+LOG_MAX_STEPS = 256    # ... or after this many steps, whichever first
+PROBE_SECONDS = 1.0    # sampled diagnostics (dead units, update ratios) at most once a second
+PROBE_BATCH = 256      # examples in the fixed probe batch
+VAL_BATCH = 1024       # batch size for evaluation (no gradients, so larger is cheaper)
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_RELU = (nn.ReLU, nn.ReLU6)
+
+
+class TrainingDataError(ValueError):
+    """The data cannot be trained on (the run's warnings say why)."""
+
+
+class Diverged(Exception):
+    """The loss went non-finite."""
+
+
+class Callback:
+    """Hooks into a run, called on the training thread. They do nothing by default.
+
+    Keep them cheap: they run between steps. ``engine.warn(w)`` records a
+    warning; ``engine.request_stop(reason)`` ends the run after the current step.
+    """
+
+    def on_run_start(self, run: Run, engine: "Engine") -> None: ...
+    def on_log(self, run: Run, engine: "Engine", new: dict) -> None: ...
+    def on_probe(self, run: Run, engine: "Engine", probe: dict) -> None: ...
+    def on_epoch_end(self, run: Run, engine: "Engine", record: dict) -> None: ...
+    def on_run_end(self, run: Run, engine: "Engine") -> None: ...
+
+
+class RunControl:
+    """Requests from other threads, honoured at the next step."""
+
+    def __init__(self) -> None:
+        self.pending = False          # read once a step without a lock: any request waiting
+        self._stop = False
+        self._resume = threading.Event()
+        self._resume.set()
+        self._changes: dict = {}
+        self._lock = threading.Lock()
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self.pending = True
+        self._resume.set()
+
+    def pause(self) -> None:
+        self._resume.clear()
+        self.pending = True
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    def change(self, changes: dict) -> None:
+        with self._lock:
+            self._changes.update(changes)
+            self.pending = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    @property
+    def paused(self) -> bool:
+        return not self._resume.is_set()
+
+    def take_changes(self) -> dict:
+        with self._lock:
+            changes, self._changes = self._changes, {}
+            self.pending = self._stop or not self._resume.is_set()
+            return changes
+
+    def wait_resumed(self, timeout: float) -> bool:
+        return self._resume.wait(timeout)
+
+
+def set_dropout(model: nn.Module, p: Optional[float], defaults: dict) -> None:
+    """Set ``p`` of every dropout layer (``None``: back to the model's own)."""
+    for name, m in model.named_modules():
+        if isinstance(m, _DROPOUT):
+            m.p = defaults.get(name, m.p) if p is None else p
+
+
+def dropout_defaults(model: nn.Module) -> dict:
+    return {name: m.p for name, m in model.named_modules() if isinstance(m, _DROPOUT)}
+
+
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """The optimizer a config names. ``momentum`` is SGD's momentum and Adam's beta1."""
+    name, lr, wd = config.optimizer, config.lr, config.weight_decay
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"optimizer={name!r}")  # unreachable: TrainConfig validated it
+
+
+def _apply_hyper(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr
+        group["weight_decay"] = config.weight_decay
+        if "betas" in group:
+            group["betas"] = (config.momentum, group["betas"][1])
+        elif config.optimizer == "momentum":
+            group["momentum"] = config.momentum
+
+
+class Engine:
+    """Trains ``model`` for one run. ``run()`` blocks; call it on a worker thread."""
+
+    def __init__(self, run: Run, model: nn.Module, train: Source, val: Optional[Source],
+                 task: TaskInfo, loss_fn: Callable, initial_state: dict, bus: ev.EventBus,
+                 control: RunControl, callbacks: Sequence[Callback] = (),
+                 data_warnings: Sequence = (), dropout_p: Optional[dict] = None,
+                 diagnostics: bool = True, cast_binary_targets: bool = False):
+        self.run_ = run
+        self.model = model
+        self.train_src = train
+        self.val_src = val
+        self.task = task
+        self.loss_fn = loss_fn
+        self.initial_state = initial_state
+        self.bus = bus
+        self.control = control
+        self.callbacks = list(callbacks)
+        self.data_warnings = list(data_warnings)
+        self.dropout_p = dropout_p or {}
+        self.diagnostics = diagnostics
+        self.cast_binary_targets = cast_binary_targets
+        self.config = run.config
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.matrices = [p for p in self.params if p.dim() > 1]
+        self.device = next(iter(initial_state.values())).device if initial_state else torch.device("cpu")
+        self._stop_reason = ""
+        self.healthy_state: Optional[dict] = None
+        self.healthy_epoch = 0
+        self.best_state: Optional[dict] = None
+        self.probe_batch = None
+        self._reset_pending()
+
+    # -- public to callbacks ------------------------------------------------
+    def warn(self, warning: HealthWarning) -> HealthWarning:
+        stored, new = self.run_.add_warning(warning)
+        self.bus.publish(ev.WARNING, self.run_, warning=stored, new=new)
+        return stored
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self.control.request_stop()
+
+    # -- the run --------------------------------------------------------------
+    def run(self) -> Run:
+        run = self.run_
+        run.started_at = time.time()
+        run.status = "running"
+        try:
+            self._setup()
+            self.bus.publish(ev.RUN_STARTED, run)
+            for cb in self.callbacks:
+                cb.on_run_start(run, self)
+            for epoch in range(1, self.config.epochs + 1):
+                run.epoch = epoch
+                completed = self._train_epoch(epoch)
+                if not completed:
+                    break
+                self._end_epoch(epoch)
+                if self.control.stop_requested:
+                    break
+            if self.control.stop_requested:
+                run.status = "stopped"
+                run.stop_reason = self._stop_reason or "stopped by the user"
+            else:
+                run.status = "finished"
+        except Diverged as d:
+            self._restore(self.healthy_state)
+            run.status = "diverged"
+            run.stop_reason = str(d)
+        except TrainingDataError as e:
+            run.status = "failed"
+            run.error = e
+        except Exception as e:  # caught once, recorded on the run, shown by the panel
+            run.status = "failed"
+            run.error = e
+        finally:
+            run.ended_at = time.time()
+            for cb in self.callbacks:
+                try:
+                    cb.on_run_end(run, self)
+                except Exception as e:  # the run's outcome stands; the callback's failure is shown
+                    if run.error is None and run.status != "failed":
+                        run.error = e
+            run._done.set()
+            self.bus.publish(ev.RUN_ENDED, run)
+        return run
+
+    def _setup(self) -> None:
+        run, cfg, model = self.run_, self.config, self.model
+        for w, fatal in self.data_warnings:
+            self.warn(w)
+        fatal = [w for w, f in self.data_warnings if f]
+        if fatal:
+            raise TrainingDataError("; ".join(f"{w.code}: {w.message}" for w in fatal))
+        model.load_state_dict(self.initial_state)
+        set_dropout(model, cfg.dropout, self.dropout_p)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.optimizer = build_optimizer(cfg, self.params)
+        run.history.layer_names = list(self.param_names)
+        run.steps_per_epoch = self.train_src.num_batches(cfg.batch_size)
+        self.healthy_state = self._copy_state()
+        self.healthy_epoch = 0
+        model.train()
+
+    # -- one epoch ------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> bool:
+        """Train one pass; False when a stop request cut it short."""
+        run, model, control = self.run_, self.model, self.control
+        loss_fn, params, opt = self.loss_fn, self.params, self.optimizer
+        cfg = self.config
+        self._epoch_t0 = time.perf_counter()
+        self._epoch_loss_sum = 0.0
+        self._epoch_n = 0
+        next_log = time.perf_counter() + LOG_SECONDS
+        next_probe = time.perf_counter() + PROBE_SECONDS if run.probes else 0.0
+        for xb, yb in self.train_src.batches(cfg.batch_size, self.generator, shuffle=True):
+            if control.pending and not self._handle_requests():
+                self._log(epoch)
+                return False
+            cfg = self.config  # a live change may have replaced it
+            if self.probe_batch is None and self.diagnostics:
+                self.probe_batch = xb[:PROBE_BATCH].detach()
+            if self.cast_binary_targets:
+                yb = yb.to(torch.get_default_dtype() if not xb.is_floating_point() else xb.dtype)
+
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            total_loss = loss
+            if cfg.l1 > 0:
+                total_loss = loss + cfg.l1 * sum(w.abs().sum() for w in self.matrices)
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+
+            grads = [p.grad for p in params if p.grad is not None]
+            layer_norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(1)
+            grad_norm = torch.linalg.vector_norm(layer_norms)
+            if cfg.grad_clip > 0:
+                # the same scaling as clip_grad_norm_, without a second norm pass
+                torch._foreach_mul_(grads, (cfg.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
+
+            probing = self.diagnostics and time.perf_counter() >= next_probe
+            before = [w.detach().clone() for w in self.matrices] if probing else None
+            opt.step()
+
+            # stays on the device: read at the next log
+            self._losses.append(loss.detach())
+            self._norms.append(grad_norm)
+            self._layers.append(layer_norms)
+            self._sizes.append(len(xb))
+            self._lrs.append(cfg.lr)
+            run.step += 1
+            if probing:
+                self._probe(epoch, before)
+                next_probe = time.perf_counter() + PROBE_SECONDS
+            if len(self._losses) >= LOG_MAX_STEPS or time.perf_counter() >= next_log:
+                self._log(epoch)
+                next_log = time.perf_counter() + LOG_SECONDS
+        self._log(epoch)
+        return True
+
+    def _reset_pending(self) -> None:
+        self._losses: list = []
+        self._norms: list = []
+        self._layers: list = []
+        self._sizes: list = []
+        self._lrs: list = []
+
+    def _log(self, epoch: int) -> None:
+        """Bring the pending per-step values to the host (one sync) and publish them."""
+        if not self._losses:
+            return
+        run = self.run_
+        n = len(self._losses)
+        block = torch.cat([torch.stack(self._losses)[:, None].float(),
+                           torch.stack(self._norms)[:, None].float(),
+                           torch.stack(self._layers).float()], dim=1).tolist()
+        sizes, lrs = self._sizes, self._lrs
+        self._reset_pending()
+        losses = [r[0] for r in block]
+        first_step = run.step - n + 1
+        steps = list(range(first_step, run.step + 1))
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        keep = n if bad is None else bad
+        for i in range(keep):
+            self._epoch_loss_sum += losses[i] * sizes[i]
+            self._epoch_n += sizes[i]
+        new = {
+            "step": steps[:keep], "epoch": [epoch] * keep, "loss": losses[:keep],
+            "grad_norm": [r[1] for r in block[:keep]], "lr": lrs[:keep],
+            "layer_norms": [r[2:] for r in block[:keep]],
+        }
+        if keep:
+            run.history.extend(**new)
+        if bad is not None:
+            self._diverge(steps[bad], epoch, losses[bad], block[bad][1])
+        for cb in self.callbacks:
+            cb.on_log(run, self, new)
+        self.bus.publish(ev.LOGGED, run, n=keep)
+
+    def _diverge(self, step: int, epoch: int, loss: float, grad_norm: float) -> None:
+        run = self.run_
+        cfg = self.config
+        recent = run.history.last("loss", 50)
+        finite = [v for v in recent if math.isfinite(v)]
+        seen = f"; it was {finite[-1]:.4g} just before" if finite else ""
+        where = (f"the end of epoch {self.healthy_epoch}" if self.healthy_epoch else "the initial weights")
+        fix = {"lr": max(cfg.lr / 10, 1e-7)}
+        if cfg.grad_clip == 0:
+            fix["grad_clip"] = 1.0
+        self.warn(HealthWarning(
+            code="nan_loss", severity="error",
+            message=(f"the loss became {loss} at step {step} (epoch {epoch}){seen}; the gradient norm "
+                     f"was {grad_norm:.3g}. Training stopped and the weights were rolled back to {where}"),
+            suggestion=f"lower the learning rate to {fix['lr']:.3g}"
+                       + (" and clip gradients at 1.0" if "grad_clip" in fix else "")
+                       + "; if it persists, check the data and the loss for values that overflow",
+            fix=fix, step=step, epoch=epoch))
+        raise Diverged(f"loss became non-finite at step {step}; rolled back to {where}")
+
+    def _probe(self, epoch: int, before: list) -> None:
+        """Sample the costly signals: update/weight ratio per matrix, dead ReLU units."""
+        run, model = self.run_, self.model
+        ratios = []
+        if before:
+            deltas = torch._foreach_sub([w.detach() for w in self.matrices], before)
+            num = torch.stack(torch._foreach_norm(deltas))
+            den = torch.stack(torch._foreach_norm(before)).clamp(min=1e-12)
+            ratios = (num / den).tolist()
+        dead = {}
+        relus = [(n, m) for n, m in model.named_modules() if isinstance(m, _RELU)]
+        if relus and self.probe_batch is not None:
+            outs = {}
+            hooks = [m.register_forward_hook(lambda mod, inp, out, name=n: outs.__setitem__(name, out))
+                     for n, m in relus]
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    model(self.probe_batch)
+            finally:
+                model.train(was_training)
+                for h in hooks:
+                    h.remove()
+            for name, out in outs.items():
+                o = out.detach()
+                if o.dim() >= 2:
+                    # a unit (feature or channel) is dead when it outputs 0 for every example
+                    units = o.transpose(0, 1).reshape(o.shape[1], -1)
+                    dead[name] = {"dead_units": float((units <= 0).all(1).float().mean()),
+                                  "zero_outputs": float((o <= 0).float().mean()),
+                                  "units": int(o.shape[1])}
+        probe = {"step": run.step, "epoch": epoch,
+                 "update_ratio": dict(zip([n for n, p in zip(self.param_names, self.params) if p.dim() > 1], ratios)),
+                 "dead_relu": dead}
+        run.probes.append(probe)
+        if len(run.probes) > 2000:
+            del run.probes[:1000:2]
+        for cb in self.callbacks:
+            cb.on_probe(run, self, probe)
+
+    # -- requests from other threads -------------------------------------------
+    def _handle_requests(self) -> bool:
+        """Apply live changes; wait while paused. False: stop now."""
+        run, control = self.run_, self.control
+        changes = control.take_changes()
+        if changes:
+            self._apply_changes(changes)
+        if control.paused and not control.stop_requested:
+            self._log(run.epoch)
+            run.status = "paused"
+            self.bus.publish(ev.LOGGED, run, n=0)
+            while not control.wait_resumed(0.1):
+                pass
+            if not control.stop_requested:
+                run.status = "running"
+                self.bus.publish(ev.LOGGED, run, n=0)
+            changes = control.take_changes()
+            if changes:
+                self._apply_changes(changes)
+        return not control.stop_requested
+
+    def _apply_changes(self, changes: dict) -> None:
+        run = self.run_
+        new = self.config.replace(**changes)
+        diff = self.config.diff(new)
+        if not diff:
+            return
+        self.config = run.config = new
+        _apply_hyper(self.optimizer, new)
+        if "dropout" in diff:
+            set_dropout(self.model, new.dropout, self.dropout_p)
+        run.changes.append({"step": run.step, "epoch": run.epoch,
+                            "changes": {k: v[1] for k, v in diff.items()}})
+
+    # -- epoch end ----------------------------------------------------------------
+    def _end_epoch(self, epoch: int) -> None:
+        run, cfg = self.run_, self.config
+        record = {"epoch": epoch,
+                  "train_loss": self._epoch_loss_sum / self._epoch_n if self._epoch_n else float("nan")}
+        if self.val_src is not None:
+            record.update(self.evaluate(self.val_src))
+        record["lr"] = cfg.lr
+        record["seconds"] = time.perf_counter() - self._epoch_t0
+        run.epochs.append(record)
+        # a healthy epoch: keep its weights to roll back to
+        self._copy_state(into=self.healthy_state)
+        self.healthy_epoch = epoch
+        watched = record.get("val_loss", record["train_loss"])
+        if watched is not None and math.isfinite(watched) and (
+                run.best_val_loss is None or watched < run.best_val_loss - 1e-12):
+            run.best_val_loss = watched
+            run.best_epoch = epoch
+            self.best_state = self._copy_state(into=self.best_state)
+        if self.diagnostics and run.epoch == 1 and not run.probes:
+            self._probe(epoch, None)
+        for cb in self.callbacks:
+            cb.on_epoch_end(run, self, record)
+        if cfg.patience > 0 and run.best_epoch is not None and epoch - run.best_epoch >= cfg.patience \
+                and epoch < cfg.epochs:
+            self._restore(self.best_state)
+            self.request_stop(f"early stopping: no val-loss improvement for {cfg.patience} epochs; "
+                              f"restored the weights of epoch {run.best_epoch}")
+        self.bus.publish(ev.EPOCH_ENDED, run, record=record)
+
+    def evaluate(self, source: Source, prefix: str = "val_") -> dict:
+        """Loss and task metrics of the current model on ``source``."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        acc = metrics_for(self.task.task, self.task.n_classes, self.device)
+        loss_sum = None
+        n = 0
+        try:
+            with torch.no_grad():
+                bs = max(VAL_BATCH, self.config.batch_size)
+                for xb, yb in source.batches(bs, None, shuffle=False):
+                    if self.cast_binary_targets:
+                        yb = yb.to(xb.dtype if xb.is_floating_point() else torch.get_default_dtype())
+                    out = model(xb)
+                    batch_loss = self.loss_fn(out, yb).detach() * len(xb)
+                    loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+                    n += len(xb)
+                    acc.update(out, yb)
+        finally:
+            model.train(was_training)
+        result = {prefix + "loss": float(loss_sum) / n if n else float("nan")}
+        result.update(acc.compute(prefix))
+        return result
+
+    # -- weights ----------------------------------------------------------------------
+    def _copy_state(self, into: Optional[dict] = None) -> dict:
+        state = self.model.state_dict()
+        if into is None:
+            return {k: v.detach().clone() for k, v in state.items()}
+        for k, v in state.items():
+            into[k].copy_(v)
+        return into
+
+    def _restore(self, state: Optional[dict]) -> None:
+        if state is not None:
+            self.model.load_state_dict(state)

@@ -1,0 +1,157 @@
+"""Pre-flight checks on the data, before the first step.
+
+Each check looks at one split's inputs and targets (the whole split for
+in-memory tensors, a sample of the first examples for a Dataset or
+DataLoader) and returns ``(HealthWarning, fatal)`` pairs. ``fatal``: training
+cannot produce anything meaningful (NaN inputs, class ids the loss rejects),
+so the run ends "failed" with the warning as the reason instead of a torch
+traceback from inside the loss.
+"""
+from __future__ import annotations
+
+import torch
+
+from .warning import HealthWarning
+
+# Smallest class count / largest class count below which the classes are
+# called imbalanced. 0.2 (1:5) is where accuracy alone starts to mislead:
+# predicting only the majority class already scores above 83%.
+IMBALANCE_RATIO = 0.2
+
+
+def _columns(mask: torch.Tensor, limit: int = 5) -> str:
+    if mask.dim() < 2:
+        return ""
+    cols = mask.reshape(mask.shape[0], -1).any(0).nonzero().flatten().tolist()
+    shown = ", ".join(str(c) for c in cols[:limit])
+    more = f" and {len(cols) - limit} more" if len(cols) > limit else ""
+    return f" in column{'s' if len(cols) > 1 else ''} {shown}{more}"
+
+
+def check_finite(split: str, x: torch.Tensor, y: torch.Tensor) -> list:
+    out = []
+    for what, t in (("inputs", x), ("targets", y)):
+        if not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t)
+        n_bad = int(bad.sum())
+        if n_bad:
+            n_nan = int(torch.isnan(t).sum())
+            kinds = " and ".join(k for k, c in (("NaN", n_nan), ("Inf", n_bad - n_nan)) if c)
+            rows = int(bad.reshape(bad.shape[0], -1).any(1).sum()) if bad.dim() else 1
+            fatal = split == "train"
+            out.append((HealthWarning(
+                code="bad_input_data", severity="error",
+                message=(f"{split} {what} contain {n_bad} {kinds} value{'s' if n_bad > 1 else ''} "
+                         f"in {rows} of {len(t)} examples{_columns(bad)}"),
+                suggestion=(f"drop or impute those examples before training (e.g. torch.nan_to_num, "
+                            f"or keep rows where torch.isfinite(x).all(1))"
+                            + ("; training on them turns the loss into NaN" if fatal else
+                               "; validation metrics computed on them are meaningless")),
+                fix={}, step=0, epoch=0), fatal))
+    return out
+
+
+def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
+    """Targets against the task and the model's output (``task``: a TaskInfo)."""
+    out = []
+    custom_loss = loss_name not in ("cross_entropy", "bce", "mse", "mae", "huber")
+    n_out = task.n_outputs
+    out_shape = ("N",) + tuple(task.output_shape)
+
+    def mismatch(message, suggestion):
+        out.append((HealthWarning(code="label_mismatch", severity="error", message=message,
+                                  suggestion=suggestion, fix={}, step=0, epoch=0), True))
+
+    if task.task == "classification":
+        if y.is_floating_point():
+            if y.dim() == 1 or (y.dim() == 2 and y.shape[1] != n_out):
+                mismatch(f"{split} targets are class ids stored as {str(y.dtype).replace('torch.', '')}; "
+                         "cross-entropy needs integer class ids (or class probabilities of shape (N, C))",
+                         "pass the targets as integers, e.g. y.long()")
+            return out
+        if y.dim() != 1:
+            mismatch(f"{split} targets have shape {('N',) + tuple(y.shape[1:])}; for a model with output "
+                     f"{out_shape} cross-entropy needs class ids of shape (N,)",
+                     "flatten the targets, e.g. y.reshape(-1) (or y.squeeze(1))")
+            return out
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_out:
+            bad = int(((y < 0) | (y >= n_out)).sum())
+            mismatch(f"{split} targets hold class ids from {lo} to {hi}, but the model has {n_out} outputs, "
+                     f"so only ids 0..{n_out - 1} fit ({bad} of {len(y)} targets are outside)",
+                     f"give the model's last layer {hi + 1} outputs, or map the labels to 0..{n_out - 1}")
+        return out
+    if task.task == "binary":
+        if y.is_floating_point() and not bool(((y == 0) | (y == 1) | torch.isnan(y)).all()):
+            vals = torch.unique(y[torch.isfinite(y)])[:5].tolist()
+            mismatch(f"{split} targets are not all 0 or 1 (seen e.g. {vals}); binary cross-entropy needs 0/1 targets",
+                     "map the labels to 0 and 1, or use a model with one output per class and integer class ids")
+        elif not y.is_floating_point() and not bool(((y == 0) | (y == 1)).all()):
+            vals = torch.unique(y)[:5].tolist()
+            mismatch(f"{split} targets are not all 0 or 1 (seen e.g. {vals}) for a model with one output",
+                     "for more than two classes give the model one output per class")
+        if not custom_loss and tuple(y.shape[1:]) != tuple(task.output_shape):
+            mismatch(f"{split} targets have shape {('N',) + tuple(y.shape[1:])} but the model's output is "
+                     f"{out_shape}; binary cross-entropy needs the same shape",
+                     "reshape the targets to the output's shape, e.g. y.reshape(-1, 1).float()"
+                     if len(task.output_shape) == 1 else "reshape the targets or the model's output to match")
+        return out
+    # regression
+    if not y.is_floating_point():
+        mismatch(f"{split} targets are integers ({str(y.dtype).replace('torch.', '')}) for a regression loss",
+                 "pass float targets (y.float()), or task='classification' with one output per class")
+        return out
+    if not custom_loss and tuple(y.shape[1:]) != tuple(task.output_shape):
+        mismatch(f"{split} targets have shape {('N',) + tuple(y.shape[1:])} but the model's output is "
+                 f"{out_shape}: the loss would broadcast them to (N, N) and train on the wrong thing",
+                 "reshape the targets to the output's shape, e.g. y.reshape(-1, 1)"
+                 if tuple(task.output_shape) == (1,) and y.dim() == 1 else
+                 "make the targets and the model's output the same shape")
+    return out
+
+
+def check_balance(split: str, y: torch.Tensor, task) -> list:
+    if task.task not in ("classification", "binary") or split != "train":
+        return []
+    flat = y.reshape(-1)
+    if flat.is_floating_point():
+        flat = flat[torch.isfinite(flat)]
+        if not bool((flat == flat.round()).all()):
+            return []
+    flat = flat.long()
+    if flat.numel() == 0 or int(flat.min()) < 0:
+        return []
+    counts = torch.bincount(flat).tolist()
+    present = {c: n for c, n in enumerate(counts) if n > 0}
+    if len(present) < 2:
+        if len(present) == 1 and len(flat) >= 10:
+            (only,) = present
+            return [(HealthWarning(
+                code="class_imbalance", severity="warning",
+                message=f"every {split} target is class {only} ({len(flat)} examples): there is nothing to tell apart",
+                suggestion="check the labels; the model can score perfectly by always predicting that class",
+                fix={}, step=0, epoch=0), False)]
+        return []
+    lo_c = min(present, key=present.get)
+    hi_c = max(present, key=present.get)
+    ratio = present[lo_c] / present[hi_c]
+    if ratio >= IMBALANCE_RATIO:
+        return []
+    shown = ", ".join(f"{c}: {n}" for c, n in sorted(present.items(), key=lambda kv: -kv[1])[:6])
+    more = "" if len(present) <= 6 else f", … ({len(present)} classes)"
+    return [(HealthWarning(
+        code="class_imbalance", severity="warning",
+        message=(f"{split} classes are imbalanced: class {lo_c} has {present[lo_c]} examples against "
+                 f"{present[hi_c]} of class {hi_c} (1:{present[hi_c] / present[lo_c]:.0f}); counts {{{shown}{more}}}"),
+        suggestion=("watch F1 / recall rather than accuracy; weight the loss by class "
+                    "(e.g. loss=torch.nn.CrossEntropyLoss(weight=…)) or resample the rare classes"),
+        fix={}, step=0, epoch=0), False)]
+
+
+def preflight(split: str, x: torch.Tensor, y: torch.Tensor, task, loss_name: str) -> list:
+    """All data checks on one split: a list of ``(HealthWarning, fatal)``."""
+    found = check_finite(split, x, y)
+    found += check_labels(split, y, task, loss_name)
+    found += check_balance(split, y, task)
+    return found

@@ -1,0 +1,16 @@
+"""Runs the health rules as a run goes (placeholder until the rules land)."""
+from __future__ import annotations
+
+
+class HealthMonitor:
+    """A callback of the engine that evaluates the health rules."""
+
+    def __init__(self, task, loss_name: str):
+        self.task = task
+        self.loss_name = loss_name
+
+    def on_run_start(self, run, engine): ...
+    def on_log(self, run, engine, new): ...
+    def on_probe(self, run, engine, probe): ...
+    def on_epoch_end(self, run, engine, record): ...
+    def on_run_end(self, run, engine): ...

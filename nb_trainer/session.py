@@ -1,0 +1,308 @@
+"""The Trainer: a model, its data, its initial weights, and the runs made from them.
+
+Each run trains on a worker thread of its own, started by :meth:`Trainer.start`
+and joined before the next one starts, so at most one run of a Trainer is
+alive at a time and the caller's thread is never blocked by training.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import weakref
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import events as ev
+from .config import FIELDS, TrainConfig, check_names, describe_change
+from .data import TaskInfo, infer_task, make_source, probe_output
+from .engine import Callback, Engine, RunControl, dropout_defaults
+from .health.data_checks import preflight
+from .metrics import TASKS, resolve_loss
+from .run import Run
+
+TASK_CHOICES = ("auto",) + TASKS
+
+# Every live Trainer, so %nbstop can stop them all.
+_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
+
+
+def resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+
+
+class Trainer:
+    """Train ``model`` on ``train`` (and evaluate on ``val``) in the background.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    train, val : (X, y) tensors or numpy arrays, a torch Dataset, or a DataLoader
+    task : {"auto", "classification", "binary", "regression"}
+    loss : None (by task), a name ("cross_entropy", "bce", "mse", "mae", "huber") or a callable
+    device : "auto" (CUDA when present, else CPU), or a torch device
+    seed : default seed of every run (shuffling and dropout)
+    store : folder where run records are kept; None keeps nothing on disk
+    diagnostics : run the health checks (on by default)
+    **defaults : TrainConfig fields used by every :meth:`start` unless overridden
+
+    Examples
+    --------
+    >>> t = Trainer(model, (X_train, y_train), (X_val, y_val))
+    >>> run = t.start(lr=3e-3, optimizer="adam", epochs=20)   # returns at once
+    >>> t.wait().epochs[-1]["val_accuracy"]
+    """
+
+    def __init__(self, model: nn.Module, train, val=None, task: str = "auto", loss=None,
+                 device="auto", seed: int = 0, store: Optional[str] = ".nb_trainer",
+                 diagnostics: bool = True, **defaults: Any):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if task not in TASK_CHOICES:
+            raise ValueError(f"task={task!r} is not accepted: use one of {', '.join(map(repr, TASK_CHOICES))}")
+        check_names(defaults)
+        self.defaults = TrainConfig.from_dict({**defaults, "seed": defaults.get("seed", seed)})
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.train_data = make_source(train, "train", self.device, model)
+        self.val_data = None if val is None else make_source(val, "val", self.device, model)
+        x_sample, y_sample = self.train_data.sample()
+        out = probe_output(model, x_sample)
+        self.task_info: TaskInfo = infer_task(task, y_sample, out)
+        self.task = self.task_info.task
+        self.loss_name, self.loss_fn = resolve_loss(loss, self.task)
+        # BCE needs float targets; int 0/1 labels mean the same thing, so this cast hides nothing
+        self._cast_binary = self.loss_name == "bce" and not y_sample.is_floating_point()
+        self.data_warnings = preflight("train", x_sample, y_sample, self.task_info, self.loss_name)
+        if self.val_data is not None:
+            xv, yv = self.val_data.sample()
+            self.data_warnings += preflight("val", xv, yv, self.task_info, self.loss_name)
+        self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._dropout_p = dropout_defaults(model)
+        self.has_dropout = bool(self._dropout_p)
+        self.diagnostics = diagnostics
+        self.events = ev.EventBus()
+        self.runs: list[Run] = []
+        self.callbacks: list[Callback] = []
+        self._thread: Optional[threading.Thread] = None
+        self._control: Optional[RunControl] = None
+        self._lock = threading.RLock()
+        self._debounce: Optional[threading.Timer] = None
+        self._panel = None
+        self.store = None
+        self._store_path = store
+        if store is not None:
+            self._open_store(store)
+        _TRAINERS.add(self)
+
+    def _open_store(self, path) -> None:
+        try:
+            from .store import RunStore, StoreCallback
+        except ImportError:  # the store module is optional until it lands
+            return
+        self.store = RunStore.open_or_warn(path)
+        if self.store is not None:
+            self.callbacks.append(StoreCallback(self.store, self))
+
+    # -- runs ----------------------------------------------------------------
+    @property
+    def current(self) -> Optional[Run]:
+        """The latest run, running or not."""
+        return self.runs[-1] if self.runs else None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def config(self, **changes: Any) -> TrainConfig:
+        """The config a :meth:`start` with ``changes`` would use (validated)."""
+        base = self.current.config if self.current is not None else self.defaults
+        return TrainConfig.from_dict(changes, base=base)
+
+    def start(self, config: Optional[TrainConfig] = None, **changes: Any) -> Run:
+        """Start a new run from the initial weights; returns at once.
+
+        ``changes`` are ``TrainConfig`` fields applied over the previous run's
+        config (or the Trainer's defaults). A running run is stopped first.
+        Bad values raise ``ValueError`` here, before anything stops.
+        """
+        if config is None:
+            config = self.config(**changes)
+        elif changes:
+            config = config.replace(**changes)
+        with self._lock:
+            self._cancel_debounce()
+            self.stop()
+            self.wait()
+            previous = self.current
+            note = "first run" if previous is None else describe_change(previous.config, config)
+            run = Run(config, task=self.task, parent=previous, note=note)
+            control = RunControl()
+            callbacks = list(self.callbacks)
+            if self.diagnostics:
+                from .health.monitor import HealthMonitor
+                callbacks.insert(0, HealthMonitor(self.task_info, self.loss_name))
+            engine = Engine(run, self.model, self.train_data, self.val_data, self.task_info,
+                            self.loss_fn, self.initial_state, self.events, control,
+                            callbacks=callbacks, data_warnings=self.data_warnings,
+                            dropout_p=self._dropout_p, diagnostics=self.diagnostics,
+                            cast_binary_targets=self._cast_binary)
+            run.status = "running"
+            self.runs.append(run)
+            self._control = control
+            self._thread = threading.Thread(target=engine.run, name=f"nbt-run-{run.id}", daemon=True)
+            self._thread.start()
+            return run
+
+    def stop(self) -> None:
+        """Ask the current run to stop at its next step (does not wait)."""
+        self._cancel_debounce()
+        if self._control is not None and self.running:
+            self._control.request_stop()
+
+    def pause(self) -> None:
+        if self._control is not None and self.running:
+            self._control.pause()
+
+    def resume(self) -> None:
+        if self._control is not None:
+            self._control.resume()
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[Run]:
+        """Block until the current run ends (or ``timeout``); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                debounce = self._debounce
+            if debounce is None:
+                break
+            debounce.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                return self.current
+            with self._lock:
+                if self._debounce is debounce:
+                    break
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.current
+
+    def change(self, **changes: Any) -> None:
+        """Apply live-changeable fields to the running run at its next step.
+
+        Fields that cannot change live (batch size, epochs, optimizer, …)
+        raise ``ValueError``; use :meth:`restart` for those.
+        """
+        from .config import LIVE_FIELDS
+        check_names(changes)
+        not_live = [k for k in changes if k not in LIVE_FIELDS]
+        if not_live:
+            raise ValueError(f"{not_live[0]} cannot change while a run trains; live fields are: "
+                             + ", ".join(LIVE_FIELDS))
+        run = self.current
+        if run is None or not self.running:
+            raise RuntimeError("no run is training: use start()")
+        run.config.replace(**changes)  # validate in the caller's thread
+        self._control.change(changes)
+
+    def restart(self, delay: float = 0.3, **changes: Any) -> None:
+        """Start a new run with ``changes`` after ``delay`` s of quiet (debounced).
+
+        Repeated calls within ``delay`` merge their changes and start one run,
+        which is what a dragged slider needs.
+        """
+        with self._lock:
+            pending = getattr(self, "_pending_changes", {}) if self._debounce is not None else {}
+            merged = {**pending, **changes}
+            self.config(**merged)  # raises now, in the caller's thread, on a bad value
+            self._cancel_debounce()
+            if self._control is not None and self.running:
+                self._control.request_stop()  # stop at once; start after the quiet period
+            self._pending_changes = merged
+            timer = threading.Timer(delay, self._fire_restart)
+            timer.daemon = True
+            timer.name = "nbt-debounce"
+            self._debounce = timer
+            timer.start()
+
+    def _fire_restart(self) -> None:
+        with self._lock:
+            if self._debounce is not threading.current_thread():
+                return
+            changes = self._pending_changes
+            self._pending_changes = {}
+            self._debounce = None
+            try:
+                self.start(**changes)
+            except Exception as e:  # shown on the panel through the run list; nothing to raise to
+                run = Run(self.config(), task=self.task, note=f"could not start: {e}")
+                run.status, run.error = "failed", e
+                run._done.set()
+                self.runs.append(run)
+                self.events.publish(ev.RUN_ENDED, run)
+
+    def _cancel_debounce(self) -> None:
+        timer = self._debounce
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+            self._debounce = None
+
+    # -- weights ----------------------------------------------------------------
+    def reset(self) -> None:
+        """Stop, and put the Trainer's initial weights back into the model."""
+        self.stop()
+        self.wait()
+        self.model.load_state_dict(self.initial_state)
+
+    def evaluate(self, data=None) -> dict:
+        """Loss and metrics of the model as it is now, on ``data`` (default: val)."""
+        if self.running:
+            raise RuntimeError("a run is training; wait() or stop() first")
+        source = self.val_data if data is None else make_source(data, "data", self.device, self.model)
+        if source is None:
+            raise ValueError("no data to evaluate: pass data, or give the Trainer val data")
+        run = Run(self.current.config if self.current else self.defaults, task=self.task)
+        engine = Engine(run, self.model, self.train_data, None, self.task_info, self.loss_fn,
+                        self.initial_state, self.events, RunControl(),
+                        cast_binary_targets=self._cast_binary)
+        return engine.evaluate(source, prefix="")
+
+    # -- tools ----------------------------------------------------------------------
+    def lr_find(self, **kwargs):
+        """LR range test on a copy of the model; returns a result with ``.suggestion``."""
+        from .lr_finder import lr_find
+        return lr_find(self, **kwargs)
+
+    def panel(self):
+        """The notebook panel of this Trainer (built once)."""
+        if self._panel is None:
+            from .ui.panel import Panel
+            self._panel = Panel(self)
+        return self._panel
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.panel())
+
+    def close(self) -> None:
+        """Stop training and release the Trainer's threads."""
+        self.stop()
+        self.wait()
+        self.events.close()
+        if self._panel is not None and hasattr(self._panel, "close"):
+            self._panel.close()
+
+    def __repr__(self) -> str:
+        return (f"<Trainer {type(self.model).__name__} task={self.task} device={self.device} "
+                f"runs={len(self.runs)}{' running' if self.running else ''}>")
+
+
+def all_trainers() -> list[Trainer]:
+    return list(_TRAINERS)
