@@ -25,7 +25,9 @@ from .run import Run
 
 LOG_SECONDS = 0.25     # host sync at most this often ...
 LOG_MAX_STEPS = 256    # ... or after this many steps, whichever first
-PROBE_SECONDS = 1.0    # sampled diagnostics (dead units, update ratios) at most once a second
+PROBE_SECONDS = 1.0    # sampled diagnostics (dead units, update ratios) at least once a second ...
+PROBE_SHARE = 0.02     # ... and at the start of every epoch while probes take under 2% of the time
+                       # (short runs of short epochs still get a probe an epoch for the health rules)
 PROBE_BATCH = 256      # examples in the fixed probe batch
 VAL_BATCH = 1024       # batch size for evaluation (no gradients, so larger is cheaper)
 
@@ -170,6 +172,8 @@ class Engine:
         self.healthy_epoch = 0
         self.best_state: Optional[dict] = None
         self.probe_batch = None
+        self._last_probe_t = 0.0
+        self._probe_cost = 0.0
         self._reset_pending()
 
     # -- public to callbacks ------------------------------------------------
@@ -255,7 +259,7 @@ class Engine:
         self._epoch_loss_sum = 0.0
         self._epoch_n = 0
         next_log = time.perf_counter() + LOG_SECONDS
-        next_probe = time.perf_counter() + PROBE_SECONDS if run.probes else 0.0
+        next_probe = self._epoch_probe_time()
         for xb, yb in self.train_src.batches(cfg.batch_size, self.generator, shuffle=True):
             if control.pending and not self._handle_requests():
                 self._log(epoch)
@@ -360,9 +364,17 @@ class Engine:
             fix=fix, step=step, epoch=epoch))
         raise Diverged(f"loss became non-finite at step {step}; rolled back to {where}")
 
+    def _epoch_probe_time(self) -> float:
+        """When this epoch's first probe is due: at once before any probe; else once the last
+        probe's cost is under PROBE_SHARE of the time since it, and PROBE_SECONDS after it at the latest."""
+        if not self.run_.probes:
+            return 0.0
+        return self._last_probe_t + min(PROBE_SECONDS, self._probe_cost / PROBE_SHARE)
+
     def _probe(self, epoch: int, before: list) -> None:
         """Sample the costly signals: update/weight ratio per matrix, dead ReLU units."""
         run, model = self.run_, self.model
+        t0 = time.perf_counter()
         ratios = []
         if before:
             deltas = torch._foreach_sub([w.detach() for w in self.matrices], before)
@@ -398,6 +410,8 @@ class Engine:
         run.probes.append(probe)
         if len(run.probes) > 2000:
             del run.probes[:1000:2]
+        self._last_probe_t = time.perf_counter()
+        self._probe_cost = self._last_probe_t - t0
         for cb in self.callbacks:
             cb.on_probe(run, self, probe)
 

@@ -1,0 +1,395 @@
+"""The notebook panel: controls, live plot, status, health warnings, runs.
+
+The widget tree is built once; afterwards only values change, from whatever
+thread (setting a trait value is safe from a background thread; an Output
+widget's context manager is not, so none is used). A single daemon thread per
+panel refreshes the status and submits plot snapshots to the shared renderer
+process; the training thread never renders.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+import ipywidgets as W
+
+from .. import events as ev
+from ..config import LIVE_FIELDS, TrainConfig
+from . import status as S
+from .controls import build_controls, show_value
+
+log = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.5      # a new frame at most this often while a run trains
+IDLE_SECONDS = 2.0       # refresh period when nothing trains
+N_WARNING_ROWS = 6       # warning rows built up front; unused ones are hidden
+DEFAULT_PATIENCE = 5     # what the early-stopping checkbox turns patience on to
+
+
+class Panel(W.VBox):
+    """The panel of one :class:`~nb_trainer.Trainer`.
+
+    Attributes
+    ----------
+    controls : dict
+        ``{TrainConfig field name: widget}``; setting a value retrains (restart
+        mode) or changes the running optimizer (live mode, live fields only).
+    plot : ipywidgets.Image
+        The live 4-panel figure (PNG).
+    """
+
+    def __init__(self, trainer, size=(800, 480)):
+        self.trainer = trainer
+        self.size = size
+        self._closed = False
+        self._sync_thread: Optional[int] = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._plot_signature = None
+        self._frames = 0
+        self._renderer = None
+
+        config = self._shown_config()
+        model_p = next(iter(trainer._dropout_p.values()), None)
+        self.controls = build_controls(config, trainer.has_dropout, model_p)
+        for name, widget in self.controls.items():
+            widget.observe(lambda change, name=name: self._on_control(name, change["new"]), names="value")
+
+        self.mode = W.ToggleButtons(options=[("restart", "restart"), ("live", "live")], value="restart",
+                                    tooltips=["a change starts a new run from the initial weights",
+                                              "lr, momentum, weight decay, L1, dropout and clip apply to "
+                                              "the running run at its next step"],
+                                    style={"button_width": "80px"})
+        self.mode.add_class("nbt-mode")
+        self.early_stopping = W.Checkbox(value=config.patience > 0, description="early stopping",
+                                         indent=False)
+        self.early_stopping.add_class("nbt-early-stopping")
+        self.early_stopping.observe(self._on_early_stopping, names="value")
+
+        self.buttons = {
+            "start": W.Button(description="Start", icon="play", button_style="success"),
+            "pause": W.Button(description="Pause", icon="pause"),
+            "stop": W.Button(description="Stop", icon="stop", button_style="danger"),
+            "reset": W.Button(description="Reset", icon="undo",
+                              tooltip="stop and put the initial weights back"),
+            "lr_find": W.Button(description="Find LR", icon="search",
+                                tooltip="LR range test on a copy of the model"),
+        }
+        for name, b in self.buttons.items():
+            b.layout = W.Layout(width="105px")
+            b.add_class(f"nbt-{name.replace('_', '-')}")
+        self.buttons["start"].on_click(lambda _: self._guard(self._start))
+        self.buttons["pause"].on_click(lambda _: self._guard(self._toggle_pause))
+        self.buttons["stop"].on_click(lambda _: self._guard(trainer.stop))
+        self.buttons["reset"].on_click(lambda _: self._guard(trainer.reset))
+        self.buttons["lr_find"].on_click(lambda _: self._guard(self._lr_find))
+
+        self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="240px"))
+        self.progress.add_class("nbt-progress")
+        self.progress_text = W.HTML()
+        self.progress_text.add_class("nbt-progress-text")
+        self.status = W.HTML(S.status_html(trainer.current))
+        self.status.add_class("nbt-status")
+        self.message = W.HTML()
+        self.message.add_class("nbt-message")
+        self.plot = W.Image(format="png", value=b"", layout=W.Layout(width=f"{size[0]}px"))
+        self.plot.add_class("nbt-plot")
+
+        self.warning_rows = []
+        for i in range(N_WARNING_ROWS):
+            text = W.HTML(layout=W.Layout(width="640px"))
+            button = W.Button(description="Apply fix", button_style="warning", layout=W.Layout(width="auto"))
+            button.add_class("nbt-apply-fix")
+            button.on_click(lambda _, i=i: self._guard(lambda: self.apply_fix(i)))
+            row = W.HBox([text, button], layout=W.Layout(display="none"))
+            row.add_class("nbt-warning-row")
+            self.warning_rows.append((row, text, button))
+        self._warning_fixes: list[dict] = [{} for _ in range(N_WARNING_ROWS)]
+
+        self.runs_table = W.HTML(S.runs_table_html(trainer.runs, trainer.task))
+        self.runs_table.add_class("nbt-runs-table")
+        self.run_select = W.Dropdown(options=[], description="run", layout=W.Layout(width="160px"),
+                                     style={"description_width": "30px"})
+        self.code_button = W.Button(description="Code", icon="code", tooltip="a snippet that reproduces the run",
+                                    layout=W.Layout(width="80px"))
+        self.csv_button = W.Button(description="CSV", icon="download", tooltip="write the run's epochs as CSV",
+                                   layout=W.Layout(width="80px"))
+        self.code_button.on_click(lambda _: self._guard(self._show_code))
+        self.csv_button.on_click(lambda _: self._guard(self._write_csv))
+        self.export_text = W.Textarea(layout=W.Layout(width="640px", height="60px", display="none"))
+        self.export_text.add_class("nbt-export")
+
+        self.lr_plot = W.Image(format="png", value=b"", layout=W.Layout(width="400px", display="none"))
+        self.lr_plot.add_class("nbt-lr-plot")
+        self.lr_text = W.HTML()
+        self.use_lr = W.Button(description="Use suggested lr", layout=W.Layout(display="none", width="160px"))
+        self.use_lr.add_class("nbt-use-lr")
+        self.use_lr.on_click(lambda _: self._guard(self._use_suggested_lr))
+        self._suggested_lr: Optional[float] = None
+
+        order = ["lr", "optimizer", "momentum", "weight_decay", "l1", "dropout", "batch_size", "epochs",
+                 "grad_clip", "patience", "seed"]
+        left = W.VBox([self.mode] + [self.controls[n] for n in order if n != "patience"]
+                      + [W.HBox([self.early_stopping, self.controls["patience"]])]
+                      + [W.HBox([self.buttons["start"], self.buttons["pause"], self.buttons["stop"]]),
+                         W.HBox([self.buttons["reset"], self.buttons["lr_find"]])],
+                      layout=W.Layout(width="360px"))
+        header = W.HBox([self.status, self.progress, self.progress_text],
+                        layout=W.Layout(align_items="center", justify_content="flex-start"))
+        lr_box = W.HBox([self.lr_plot, W.VBox([self.lr_text, self.use_lr])])
+        runs_box = W.VBox([self.runs_table,
+                           W.HBox([self.run_select, self.code_button, self.csv_button]), self.export_text])
+        super().__init__([header, self.message, W.HBox([left, self.plot]),
+                          W.VBox([r for r, _, _ in self.warning_rows]), lr_box, runs_box])
+        self.add_class("nbt-panel")
+        self._set_controls_enabled()
+        self._sub = trainer.events.subscribe(self._on_event)
+        self._thread = threading.Thread(target=self._loop, name="nbt-panel", daemon=True)
+        self._thread.start()
+
+    # -- reacting to the user --------------------------------------------------
+    def _guard(self, fn) -> None:
+        """Run a button's action; show an error in the panel instead of losing it."""
+        try:
+            self.message.value = ""
+            fn()
+        except (ValueError, TypeError, RuntimeError) as e:
+            self.message.value = f"<span style='color:#cf222e'>{type(e).__name__}: {e}</span>"
+        self._wake.set()
+
+    def _on_control(self, name: str, value) -> None:
+        if self._sync_thread == threading.get_ident():
+            return  # the panel itself is showing a config, not the user changing it
+        if name == "patience":
+            with self._syncing():
+                self.early_stopping.value = value > 0
+        trainer = self.trainer
+
+        def act():
+            if self.mode.value == "live" and name in LIVE_FIELDS and trainer.running:
+                trainer.change(**{name: value})
+            else:
+                trainer.restart(**{name: value})
+        self._guard(act)
+
+    def _on_early_stopping(self, change) -> None:
+        if self._sync_thread == threading.get_ident():
+            return
+        self.controls["patience"].value = DEFAULT_PATIENCE if change["new"] else 0
+
+    def _start(self) -> None:
+        self.trainer.start(**self.values())
+
+    def _toggle_pause(self) -> None:
+        run = self.trainer.current
+        if run is not None and run.status == "paused":
+            self.trainer.resume()
+        else:
+            self.trainer.pause()
+
+    def values(self) -> dict:
+        """The config the controls show, as TrainConfig fields."""
+        vals = {name: w.value for name, w in self.controls.items()}
+        if not self.trainer.has_dropout:
+            vals["dropout"] = None
+        TrainConfig.from_dict(vals)  # raise here if a control holds something invalid
+        return vals
+
+    def apply_fix(self, index: int) -> None:
+        """Set the controls to warning ``index``'s fix and retrain."""
+        fix = self._warning_fixes[index]
+        if not fix:
+            return
+        with self._syncing():
+            for name, value in fix.items():
+                if name in self.controls:
+                    show_value(self.controls[name], value)
+        self.trainer.start(**fix)
+
+    def _use_suggested_lr(self) -> None:
+        if self._suggested_lr is not None:
+            self.controls["lr"].value = float(self._suggested_lr)
+
+    def _lr_find(self) -> None:
+        self.lr_text.value = "<i>running the LR range test…</i>"
+        threading.Thread(target=self._lr_find_worker, name="nbt-lr-find", daemon=True).start()
+
+    def _lr_find_worker(self) -> None:
+        try:
+            result = self.trainer.lr_find()
+        except Exception as e:  # shown in the panel: the button's thread has no caller to raise to
+            self.lr_text.value = f"<span style='color:#cf222e'>LR finder failed: {type(e).__name__}: {e}</span>"
+            return
+        self._suggested_lr = result.suggestion
+        note = f"<br><span style='color:#9a6700'>{getattr(result, 'warning', '')}</span>" \
+            if getattr(result, "noisy", False) else ""
+        self.lr_text.value = f"suggested lr: <b>{result.suggestion:.2g}</b>{note}"
+        self.use_lr.layout.display = None
+        try:
+            self.lr_plot.value = _figure_png(result)
+            self.lr_plot.layout.display = None
+        except Exception as e:  # the suggestion stands without its picture
+            log.warning("could not draw the LR finder curve: %s", e)
+
+    def _show_code(self) -> None:
+        run = self._selected_run()
+        from ..export import config_snippet
+        self.export_text.value = config_snippet(run.config)
+        self.export_text.layout.display = None
+
+    def _write_csv(self) -> None:
+        run = self._selected_run()
+        from ..export import epochs_csv
+        folder = getattr(self.trainer.store, "path", None) or os.getcwd()
+        path = os.path.join(str(folder), f"run-{run.id}.csv")
+        with open(path, "w", newline="") as f:
+            f.write(epochs_csv(run))
+        self.export_text.value = f"wrote {path}"
+        self.export_text.layout.display = None
+
+    def _selected_run(self):
+        runs = self.trainer.runs
+        if not runs:
+            raise RuntimeError("no run yet")
+        index = self.run_select.value
+        return runs[index] if isinstance(index, int) and index < len(runs) else runs[-1]
+
+    # -- reflecting the trainer ---------------------------------------------------
+    def _syncing(self):
+        panel = self
+
+        class _Sync:
+            def __enter__(self_):
+                panel._lock.acquire()
+                panel._sync_thread = threading.get_ident()
+
+            def __exit__(self_, *exc):
+                panel._sync_thread = None
+                panel._lock.release()
+        return _Sync()
+
+    def _shown_config(self) -> TrainConfig:
+        run = self.trainer.current
+        return run.config if run is not None else self.trainer.defaults
+
+    def _on_event(self, event: ev.Event) -> None:
+        if event.kind == ev.RUN_STARTED or (event.kind == ev.LOGGED and event.run.changes):
+            self._show_config(event.run.config)
+        self._wake.set()
+
+    def _show_config(self, config: TrainConfig) -> None:
+        with self._syncing():
+            for name, widget in self.controls.items():
+                value = getattr(config, name)
+                if name == "dropout" and value is None:
+                    continue
+                if widget.value != value:
+                    show_value(widget, value)
+            self.early_stopping.value = config.patience > 0
+
+    def _set_controls_enabled(self) -> None:
+        run = self.trainer.current
+        active = run is not None and run.status in ("running", "paused")
+        self.buttons["pause"].disabled = not active
+        self.buttons["stop"].disabled = not active
+        paused = run is not None and run.status == "paused"
+        self.buttons["pause"].description = "Resume" if paused else "Pause"
+        self.buttons["pause"].icon = "play" if paused else "pause"
+
+    def _loop(self) -> None:
+        while not self._closed:
+            running = self.trainer.running
+            self._wake.wait(FRAME_SECONDS if running else IDLE_SECONDS)
+            self._wake.clear()
+            if self._closed:
+                break
+            try:
+                self.refresh()
+            except Exception:  # a broken frame must not end the panel's updates
+                log.exception("nb_trainer panel refresh failed")
+
+    def refresh(self) -> None:
+        """Bring every widget up to date with the trainer (called by the panel's thread)."""
+        trainer = self.trainer
+        run = trainer.current
+        with self.hold_sync():
+            done, total, text = S.progress(run)
+            self.progress.max = max(total, 1)
+            self.progress.value = done
+            self.progress.bar_style = {"failed": "danger", "diverged": "danger", "finished": "success",
+                                       "paused": "warning"}.get(getattr(run, "status", ""), "info")
+            self.progress_text.value = f"<span style='font-family:monospace'>{text}</span>"
+            self.status.value = S.status_html(run)
+            self._set_controls_enabled()
+            self._show_warnings(run)
+            self.runs_table.value = S.runs_table_html(trainer.runs, trainer.task)
+            options = [(f"#{i + 1}", i) for i in range(len(trainer.runs))]
+            if list(self.run_select.options) != options:
+                self.run_select.options = options
+                if options:
+                    self.run_select.value = options[-1][1]
+        self._update_plot()
+
+    def _show_warnings(self, run) -> None:
+        warnings = list(run.warnings) if run is not None else []
+        order = {"error": 0, "warning": 1, "info": 2}
+        warnings.sort(key=lambda w: order.get(w.severity, 3))
+        for i, (row, text, button) in enumerate(self.warning_rows):
+            if i < len(warnings):
+                w = warnings[i]
+                text.value = S.warning_html(w)
+                self._warning_fixes[i] = dict(w.fix)
+                button.description = S.fix_label(w.fix) if w.fix else ""
+                button.layout.display = None if w.fix else "none"
+                row.layout.display = None
+            else:
+                row.layout.display = "none"
+                self._warning_fixes[i] = {}
+
+    def _update_plot(self) -> None:
+        from . import figure, render
+        runs = self.trainer.runs[-4:]
+        signature = tuple((id(r), r.history.version, len(r.epochs), r.status) for r in runs)
+        if self._renderer is None:
+            self._renderer = render.get_renderer()
+        key = id(self)
+        if runs and signature != self._plot_signature:
+            self._plot_signature = signature
+            snap = figure.snapshot(runs, self.trainer.task)
+            self._renderer.submit(key, snap, size=self.size)
+        png = self._renderer.poll(key)
+        if png:
+            self.plot.value = png
+            self._frames += 1
+
+    @property
+    def frames(self) -> int:
+        """How many frames the plot has shown."""
+        return self._frames
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        try:
+            self.trainer.events.unsubscribe(self._sub)
+        finally:
+            super().close()
+
+
+def _figure_png(result) -> bytes:
+    """Draw the LR finder's curve to PNG (once per finder run, on its own thread)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4, 2.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    result.plot(ax=ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
