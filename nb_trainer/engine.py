@@ -265,8 +265,11 @@ class Engine:
                 self._log(epoch)
                 return False
             cfg = self.config  # a live change may have replaced it
-            if self.probe_batch is None and self.diagnostics:
-                self.probe_batch = xb[:PROBE_BATCH].detach()
+            if self.diagnostics and (self.probe_batch is None or (epoch == 1 and len(self.probe_batch) < PROBE_BATCH)):
+                # the first PROBE_BATCH examples of the first epoch, even when batches are smaller: a unit
+                # is called dead when it outputs 0 on all of them, which a few examples would say by chance
+                self.probe_batch = xb[:PROBE_BATCH].detach() if self.probe_batch is None else torch.cat(
+                    [self.probe_batch, xb[:PROBE_BATCH - len(self.probe_batch)].detach()])
             if self.cast_binary_targets:
                 yb = yb.to(torch.get_default_dtype() if not xb.is_floating_point() else xb.dtype)
 
@@ -279,10 +282,11 @@ class Engine:
             total_loss.backward()
 
             grads = [p.grad for p in params if p.grad is not None]
-            layer_norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(1)
-            grad_norm = torch.linalg.vector_norm(layer_norms)
+            # one 0-d tensor per parameter; stacked, and the global norm taken, once per log
+            layer_norms = torch._foreach_norm(grads) if grads else [torch.zeros((), device=self.device)]
             if cfg.grad_clip > 0:
                 # the same scaling as clip_grad_norm_, without a second norm pass
+                grad_norm = torch.linalg.vector_norm(torch.stack(layer_norms))
                 torch._foreach_mul_(grads, (cfg.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
 
             probing = self.diagnostics and time.perf_counter() >= next_probe
@@ -291,7 +295,6 @@ class Engine:
 
             # stays on the device: read at the next log
             self._losses.append(loss.detach())
-            self._norms.append(grad_norm)
             self._layers.append(layer_norms)
             self._sizes.append(len(xb))
             self._lrs.append(cfg.lr)
@@ -318,9 +321,10 @@ class Engine:
             return
         run = self.run_
         n = len(self._losses)
+        layers = torch.stack([t for step in self._layers for t in step]).view(n, -1).float()
         block = torch.cat([torch.stack(self._losses)[:, None].float(),
-                           torch.stack(self._norms)[:, None].float(),
-                           torch.stack(self._layers).float()], dim=1).tolist()
+                           torch.linalg.vector_norm(layers, dim=1)[:, None],
+                           layers], dim=1).tolist()
         sizes, lrs = self._sizes, self._lrs
         self._reset_pending()
         losses = [r[0] for r in block]
@@ -344,25 +348,27 @@ class Engine:
             cb.on_log(run, self, new)
         self.bus.publish(ev.LOGGED, run, n=keep)
 
-    def _diverge(self, step: int, epoch: int, loss: float, grad_norm: float) -> None:
+    def _diverge(self, step: int, epoch: int, loss: float, grad_norm: float,
+                 what: Optional[str] = None) -> None:
         run = self.run_
         cfg = self.config
         recent = run.history.last("loss", 50)
         finite = [v for v in recent if math.isfinite(v)]
-        seen = f"; it was {finite[-1]:.4g} just before" if finite else ""
+        seen = (f"; the loss was still {finite[-1]:.4g}" if what else f"; it was {finite[-1]:.4g} just before") \
+            if finite else ""
         where = (f"the end of epoch {self.healthy_epoch}" if self.healthy_epoch else "the initial weights")
         fix = {"lr": max(cfg.lr / 10, 1e-7)}
         if cfg.grad_clip == 0:
             fix["grad_clip"] = 1.0
         self.warn(HealthWarning(
             code="nan_loss", severity="error",
-            message=(f"the loss became {loss} at step {step} (epoch {epoch}){seen}; the gradient norm "
+            message=(f"{what or f'the loss became {loss}'} at step {step} (epoch {epoch}){seen}; the gradient norm "
                      f"was {grad_norm:.3g}. Training stopped and the weights were rolled back to {where}"),
             suggestion=f"lower the learning rate to {fix['lr']:.3g}"
                        + (" and clip gradients at 1.0" if "grad_clip" in fix else "")
                        + "; if it persists, check the data and the loss for values that overflow",
             fix=fix, step=step, epoch=epoch))
-        raise Diverged(f"loss became non-finite at step {step}; rolled back to {where}")
+        raise Diverged(f"{'weights' if what else 'loss'} became non-finite at step {step}; rolled back to {where}")
 
     def _epoch_probe_time(self) -> float:
         """When this epoch's first probe is due: at once before any probe; else once the last
@@ -406,7 +412,7 @@ class Engine:
                                   "units": int(o.shape[1])}
         probe = {"step": run.step, "epoch": epoch,
                  "update_ratio": dict(zip([n for n, p in zip(self.param_names, self.params) if p.dim() > 1], ratios)),
-                 "dead_relu": dead}
+                 "dead_relu": dead, "examples": 0 if self.probe_batch is None else len(self.probe_batch)}
         run.probes.append(probe)
         if len(run.probes) > 2000:
             del run.probes[:1000:2]
@@ -452,6 +458,12 @@ class Engine:
     # -- epoch end ----------------------------------------------------------------
     def _end_epoch(self, epoch: int) -> None:
         run, cfg = self.run_, self.config
+        # a step can leave non-finite weights while every loss seen was finite (the epoch's last
+        # step, an overflowing update): such an epoch must not become the rollback checkpoint
+        if self.params and not bool(torch.stack(torch._foreach_norm(self.params)).isfinite().all()):
+            norms = run.history.last("grad_norm", 1)
+            self._diverge(run.step, epoch, float("nan"), norms[-1] if norms else float("nan"),
+                          what="the weights became non-finite")
         record = {"epoch": epoch,
                   "train_loss": self._epoch_loss_sum / self._epoch_n if self._epoch_n else float("nan")}
         if self.val_src is not None:
@@ -468,15 +480,18 @@ class Engine:
             run.best_val_loss = watched
             run.best_epoch = epoch
             self.best_state = self._copy_state(into=self.best_state)
-        if self.diagnostics and run.epoch == 1 and not run.probes:
-            self._probe(epoch, None)
+        if self.diagnostics and ((run.epoch == 1 and not run.probes) or epoch == cfg.epochs):
+            self._probe(epoch, None)  # one after the last epoch: the health rules see the final state
         for cb in self.callbacks:
             cb.on_epoch_end(run, self, record)
-        if cfg.patience > 0 and run.best_epoch is not None and epoch - run.best_epoch >= cfg.patience \
-                and epoch < cfg.epochs:
+        if cfg.patience > 0 and run.best_epoch is not None and epoch - run.best_epoch >= cfg.patience:
             self._restore(self.best_state)
-            self.request_stop(f"early stopping: no val-loss improvement for {cfg.patience} epochs; "
-                              f"restored the weights of epoch {run.best_epoch}")
+            reason = (f"early stopping: no val-loss improvement for {cfg.patience} epochs; "
+                      f"restored the weights of epoch {run.best_epoch}")
+            if epoch < cfg.epochs:
+                self.request_stop(reason)
+            else:  # patience ran out on the last epoch: the run finished, with the best weights
+                run.stop_reason = reason
         self.bus.publish(ev.EPOCH_ENDED, run, record=record)
 
     def evaluate(self, source: Source, prefix: str = "val_") -> dict:

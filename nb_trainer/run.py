@@ -44,8 +44,9 @@ class StepHistory:
         with self._lock:
             for c in self.COLUMNS:
                 self._cols[c].extend(cols[c])
-            if len(self._cols["step"]) > self.capacity:
-                half = len(self._cols["step"]) // 2
+            # one extend can add more than the capacity: thin until it fits
+            while len(self._cols["step"]) > max(self.capacity, 1):
+                half = max(2, len(self._cols["step"]) // 2)
                 for c in self.COLUMNS:
                     col = self._cols[c]
                     col[:half] = col[:half:2]
@@ -87,6 +88,7 @@ class Run:
                  note: str = "", run_id: Optional[str] = None):
         self.id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{next(_ids)}"
         self.config = config
+        self.initial_config = config       # what the run started with (live changes replace .config)
         self.task = task
         self.status = "pending"
         self.error: Optional[BaseException] = None

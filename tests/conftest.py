@@ -18,6 +18,12 @@ def pytest_sessionstart(session):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path, monkeypatch):
+    """Trainers keep their run store under the working directory: keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _standardize(x: np.ndarray) -> np.ndarray:
     std = x.std(0)
     std[std == 0] = 1.0

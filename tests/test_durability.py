@@ -1,0 +1,164 @@
+"""Durability across processes: a kernel killed mid-run, two kernels writing one store.
+
+These start real Python processes (each imports torch: a few seconds).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from nb_trainer.store import DB_NAME, load_runs
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A training process: a small model slowed to about 0.2 s an epoch, so it can be killed mid-run.
+TRAIN = textwrap.dedent("""
+    import json, sys, time
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    import nb_trainer as nbt
+
+    store, runs, epochs, delay, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+
+    class Slow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        def forward(self, x):
+            if self.training and delay:
+                time.sleep(delay)
+            return self.net(x)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    t = nbt.Trainer(Slow(), (x[:192], y[:192]), (x[192:], y[192:]), store=store, diagnostics=False)
+    assert t.store is not None
+    if go != "-":                       # start together with the other process
+        import os
+        open(f"{go}.{os.getpid()}.ready", "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.005)
+    out = []
+    for i in range(runs):
+        run = t.start(epochs=epochs, lr=0.01 * (i + 1), batch_size=32)
+        t.wait()
+        out.append({"id": run.id, "store_id": getattr(run, "store_id", run.id), "status": run.status,
+                    "epochs": run.epochs})
+    print(json.dumps(out))
+""")
+
+# A fresh process that reads the store back.
+READ = textwrap.dedent("""
+    import json, sys
+    import nb_trainer as nbt
+    print(json.dumps([{"id": r.id, "status": r.status, "stored_status": r.stored_status,
+                       "epochs": r.epochs, "stop_reason": r.stop_reason} for r in nbt.load_runs(sys.argv[1])]))
+""")
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _epochs_written(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+    except sqlite3.OperationalError:     # the tables are being created
+        return 0
+
+
+def _integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_a_kernel_killed_mid_run_reads_back_interrupted_with_its_epochs(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    proc = subprocess.Popen([sys.executable, str(script), str(store), "1", "200", "0.03", "-"],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _epochs_written(store / DB_NAME) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the training process wrote no 2 epochs in 120 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        # not reaped yet (a zombie): its pid still exists, and the run must still read "interrupted"
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").exists() and \
+                Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        [zombie_view] = load_runs(store)
+        assert zombie_view.status == "interrupted"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    reader = subprocess.run([sys.executable, "-c", READ, str(store)], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert reader.returncode == 0, reader.stderr
+    [run] = json.loads(reader.stdout)
+    assert run["stored_status"] == "running" and run["status"] == "interrupted"
+    assert "ended during the run" in run["stop_reason"]
+    n = len(run["epochs"])
+    assert 2 <= n < 200
+    assert [e["epoch"] for e in run["epochs"]] == list(range(1, n + 1))
+    assert run["epochs"][: len(zombie_view.epochs)] == zombie_view.epochs
+    assert all(isinstance(e["train_loss"], float) and "val_loss" in e for e in run["epochs"])
+    assert _integrity(store / DB_NAME) == "ok"
+
+
+def test_two_kernels_write_one_store_at_once(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    go = tmp_path / "go"
+    # many short epochs: hundreds of commits from both processes, interleaved
+    procs = [subprocess.Popen([sys.executable, str(script), str(store), "3", "30", "0", str(go)],
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    # both open the store at once (racing to create it), then train together
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.*.ready"))) < 2:
+        for p in procs:
+            assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    go.write_text("go")
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outs.extend(json.loads(out))
+
+    records = {r.id: r for r in load_runs(store)}
+    assert len(outs) == 6 and len(records) == 6
+    assert len({o["store_id"] for o in outs}) == 6
+    for o in outs:
+        rec = records[o["store_id"]]
+        assert o["status"] == "finished" and rec.status == "finished"
+        assert rec.epochs == o["epochs"] and len(rec.epochs) == 30
+    assert _integrity(store / DB_NAME) == "ok"
