@@ -9,7 +9,18 @@ In a notebook: ``%load_ext nb_trainer`` then ``t = %nbtrain model train val``.
 from .config import FIELDS, OPTIMIZERS, TrainConfig
 from .health.warning import CODES, HealthWarning
 from .run import Run
-from .session import Trainer
+
+# Trainer (and with it torch) loads on first use, so that processes which only need
+# the light modules (the live-plot renderer process imports nb_trainer.ui.render)
+# do not pay torch's import time and ~190 MB of memory.
+
+
+def __getattr__(name):
+    if name == "Trainer":
+        from .session import Trainer
+        globals()["Trainer"] = Trainer
+        return Trainer
+    raise AttributeError(f"module 'nb_trainer' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 __all__ = ["Trainer", "TrainConfig", "HealthWarning", "Run", "load_runs", "FIELDS", "OPTIMIZERS", "CODES"]

@@ -50,6 +50,9 @@ class Panel(W.VBox):
         self._lock = threading.Lock()
         self._plot_signature = None
         self._frames = 0
+        self._shown_png = None
+        self._plot_submitted = 0.0   # monotonic time of the last snapshot sent to the renderer
+        self._plot_owed = False      # a newer snapshot is waiting for FRAME_SECONDS to pass
         self._renderer = None
 
         config = self._shown_config()
@@ -89,13 +92,16 @@ class Panel(W.VBox):
 
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="240px"))
         self.progress.add_class("nbt-progress")
-        self.progress_text = W.HTML()
+        self.progress_text = W.HTML(layout=W.Layout(flex="0 0 auto"))   # one line, never squeezed
         self.progress_text.add_class("nbt-progress-text")
-        self.status = W.HTML(S.status_html(trainer.current))
+        self.status = W.HTML(S.status_html(trainer.current), layout=W.Layout(flex="0 1 auto", min_width="0"))
         self.status.add_class("nbt-status")
         self.message = W.HTML()
         self.message.add_class("nbt-message")
-        self.plot = W.Image(format="png", value=b"", layout=W.Layout(width=f"{size[0]}px"))
+        # shrinks (keeping its aspect) to the room the controls leave; wraps below them when narrower
+        self.plot = W.Image(format="png", value=b"",
+                            layout=W.Layout(max_width=f"{size[0]}px", min_width="480px", height="auto",
+                                            flex="1 1 480px"))
         self.plot.add_class("nbt-plot")
 
         self.warning_rows = []
@@ -133,17 +139,26 @@ class Panel(W.VBox):
         order = ["lr", "optimizer", "momentum", "weight_decay", "l1", "dropout", "batch_size", "epochs",
                  "grad_clip", "patience", "seed"]
         left = W.VBox([self.mode] + [self.controls[n] for n in order if n != "patience"]
-                      + [W.HBox([self.early_stopping, self.controls["patience"]])]
+                      + [W.HBox([self.early_stopping, self.controls["patience"]],
+                                layout=W.Layout(align_items="center"))]
                       + [W.HBox([self.buttons["start"], self.buttons["pause"], self.buttons["stop"]]),
                          W.HBox([self.buttons["reset"], self.buttons["lr_find"]])],
-                      layout=W.Layout(width="360px"))
+                      layout=W.Layout(width="360px", min_width="360px", flex="0 0 auto"))
+        # the early-stopping row: checkbox and a shorter patience slider fit the column
+        self.early_stopping.layout = W.Layout(width="125px")
+        self.controls["patience"].layout = W.Layout(width="230px")
+        self.controls["patience"].style.description_width = "65px"
         header = W.HBox([self.status, self.progress, self.progress_text],
                         layout=W.Layout(align_items="center", justify_content="flex-start"))
         lr_box = W.HBox([self.lr_plot, W.VBox([self.lr_text, self.use_lr])])
         runs_box = W.VBox([self.runs_table,
                            W.HBox([self.run_select, self.code_button, self.csv_button]), self.export_text])
-        super().__init__([header, self.message, W.HBox([left, self.plot]),
-                          W.VBox([r for r, _, _ in self.warning_rows]), lr_box, runs_box])
+        # column gaps of the runs table (its HTML has no padding; the widget has no table CSS)
+        table_css = W.HTML("<style>.nbt-runs th, .nbt-runs td {padding: 1px 14px 1px 0; text-align: left}</style>",
+                           layout=W.Layout(display="none"))
+        super().__init__([header, self.message,
+                          W.HBox([left, self.plot], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
+                          W.VBox([r for r, _, _ in self.warning_rows]), lr_box, runs_box, table_css])
         self.add_class("nbt-panel")
         self._set_controls_enabled()
         self._sub = trainer.events.subscribe(self._on_event)
@@ -229,7 +244,7 @@ class Panel(W.VBox):
         self.lr_text.value = f"suggested lr: <b>{result.suggestion:.2g}</b>{note}"
         self.use_lr.layout.display = None
         try:
-            self.lr_plot.value = _figure_png(result)
+            self.lr_plot.value = result.png()
             self.lr_plot.layout.display = None
         except Exception as e:  # the suggestion stands without its picture
             log.warning("could not draw the LR finder curve: %s", e)
@@ -237,7 +252,7 @@ class Panel(W.VBox):
     def _show_code(self) -> None:
         run = self._selected_run()
         from ..export import config_snippet
-        self.export_text.value = config_snippet(run.config)
+        self.export_text.value = config_snippet(run)
         self.export_text.layout.display = None
 
     def _write_csv(self) -> None:
@@ -245,8 +260,7 @@ class Panel(W.VBox):
         from ..export import epochs_csv
         folder = getattr(self.trainer.store, "path", None) or os.getcwd()
         path = os.path.join(str(folder), f"run-{run.id}.csv")
-        with open(path, "w", newline="") as f:
-            f.write(epochs_csv(run))
+        epochs_csv(run, path)
         self.export_text.value = f"wrote {path}"
         self.export_text.layout.display = None
 
@@ -301,7 +315,7 @@ class Panel(W.VBox):
 
     def _loop(self) -> None:
         while not self._closed:
-            running = self.trainer.running
+            running = self.trainer.running or self._plot_owed
             self._wake.wait(FRAME_SECONDS if running else IDLE_SECONDS)
             self._wake.clear()
             if self._closed:
@@ -351,17 +365,29 @@ class Panel(W.VBox):
 
     def _update_plot(self) -> None:
         from . import figure, render
-        runs = self.trainer.runs[-4:]
-        signature = tuple((id(r), r.history.version, len(r.epochs), r.status) for r in runs)
+        runs = list(self.trainer.runs)  # the whole list: the legend numbers runs by their place in it
+        signature = tuple((id(r), r.history.version, len(r.epochs), r.status) for r in runs[-4:])
         if self._renderer is None:
             self._renderer = render.get_renderer()
         key = id(self)
         if runs and signature != self._plot_signature:
-            self._plot_signature = signature
-            snap = figure.snapshot(runs, self.trainer.task)
-            self._renderer.submit(key, snap, size=self.size)
+            # every event wakes the loop (many per second in a fast run): draw at most every
+            # FRAME_SECONDS, except at once when a run starts or ends
+            statuses = [s[0::3] for s in signature]
+            now = time.monotonic()
+            if (now - self._plot_submitted >= FRAME_SECONDS or self._plot_signature is None
+                    or statuses != [s[0::3] for s in self._plot_signature]):
+                self._plot_signature = signature
+                self._plot_submitted = now
+                self._plot_owed = False
+                snap = figure.snapshot(runs, self.trainer.task)
+                # the frame is ready in ~0.1 s: wake the loop to show it then, not IDLE_SECONDS later
+                self._renderer.submit(key, snap, size=self.size, callback=lambda png: self._wake.set())
+            else:
+                self._plot_owed = True
         png = self._renderer.poll(key)
-        if png:
+        if png and png is not self._shown_png:   # poll returns the newest frame again until a new one lands
+            self._shown_png = png
             self.plot.value = png
             self._frames += 1
 
@@ -375,21 +401,8 @@ class Panel(W.VBox):
         self._wake.set()
         try:
             self.trainer.events.unsubscribe(self._sub)
+            if self._renderer is not None:
+                self._renderer.forget(id(self))
         finally:
             super().close()
 
-
-def _figure_png(result) -> bytes:
-    """Draw the LR finder's curve to PNG (once per finder run, on its own thread)."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(4, 2.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    result.plot(ax=ax)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

@@ -1,0 +1,152 @@
+"""Throughput cost of the live panel, and what a frame costs.
+
+The reference workload (MLP 64-256-256-10 on scikit-learn's digits, Adam, batch 64) trains
+headless and with the panel attached and rendering at its default rate, alternately in one
+process; the medians of the pairs give the throughput ratio (target >= 0.95). It also prints
+frames per second while training, the longest gap between frames, ms per frame at 1k/10k/100k
+history points (the kernel's side: snapshot + send; the renderer's side: draw + PNG) and KiB sent
+per frame.
+
+    python benchmarks/bench_panel.py            # 5 pairs
+    python benchmarks/bench_panel.py --pairs 7 --seconds 4
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nb_trainer as nbt  # noqa: E402
+from nb_trainer.run import Run  # noqa: E402
+
+
+def digits():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.data / 16, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    return (x[:1437], y[:1437]), (x[1437:], y[1437:])
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def one_run(train, val, epochs: int, with_panel: bool):
+    t = nbt.Trainer(model(), train, val, store=None, epochs=epochs, batch_size=64, optimizer="adam")
+    panel = None
+    frame_times = []
+    if with_panel:
+        panel = t.panel()
+        # warm-up: the renderer process starts once per kernel, ahead of the first frame
+        panel.plot.observe(lambda change: frame_times.append(time.perf_counter()), names="value")
+    try:
+        run = t.start()
+        t0 = time.perf_counter()
+        t.wait()
+        wall = time.perf_counter() - t0
+        if run.status != "finished":
+            raise RuntimeError(f"run ended {run.status}: {run.error}")
+        rate = run.step / wall
+        frames = [f for f in frame_times if t0 <= f <= t0 + wall]
+        gaps = np.diff([t0] + frames + [t0 + wall]) if with_panel else np.array([0.0])
+        return rate, len(frames) / wall, float(gaps.max())
+    finally:
+        t.close()
+
+
+def fake_runs(points: int, n_runs: int = 4):
+    runs = []
+    for r in range(n_runs):
+        run = Run(nbt.TrainConfig(lr=10 ** -(r + 2)), task="classification", note=f"lr {r}")
+        steps = list(range(1, points + 1))
+        rng = np.random.default_rng(r)
+        loss = (2.3 * np.exp(-np.arange(points) / (points / 5)) + 0.05 * rng.random(points)).tolist()
+        run.history.capacity = max(points, 20_000)
+        run.history.layer_names = ["w0", "w1"]
+        run.history.extend(step=steps, epoch=[1 + i * 50 // points for i in range(points)], loss=loss,
+                           grad_norm=(1 + rng.random(points)).tolist(), lr=[run.config.lr] * points,
+                           layer_norms=[[1.0, 1.0]] * points)
+        run.steps_per_epoch = max(points // 50, 1)
+        for e in range(1, 51):
+            run.epochs.append({"epoch": e, "train_loss": 2.3 / e, "val_loss": 2.4 / e, "val_accuracy": 1 - 1 / e,
+                               "lr": run.config.lr, "seconds": 0.1})
+        run.status = "finished" if r < n_runs - 1 else "running"
+        runs.append(run)
+    return runs
+
+
+def frame_costs(sizes=(1_000, 10_000, 100_000), repeats: int = 7):
+    from nb_trainer.ui import figure, render
+    renderer = render.get_renderer()
+    print("\nms per frame by history length (4 runs of that many points each):")
+    print(f"{'points':>8} {'kernel: snapshot':>17} {'renderer: frame':>16} {'KiB/frame':>10} {'mode':>8}")
+    for n in sizes:
+        runs = fake_runs(n)
+        snap_ms, frame_ms, kib = [], [], []
+        for i in range(repeats):
+            runs[-1].history.extend(step=[n + i + 1], epoch=[50], loss=[0.1], grad_norm=[1.0], lr=[0.01],
+                                    layer_norms=[[1.0, 1.0]])
+            t0 = time.perf_counter()
+            snap = figure.snapshot(runs, "classification")
+            t1 = time.perf_counter()
+            seq = renderer.submit(("bench", n), snap, size=(800, 480))
+            png = renderer.wait(("bench", n), seq, timeout=30)
+            t2 = time.perf_counter()
+            snap_ms.append((t1 - t0) * 1e3)
+            frame_ms.append((t2 - t1) * 1e3)
+            kib.append(len(png) / 1024)
+        print(f"{n:>8} {statistics.median(snap_ms):>15.2f}ms {statistics.median(frame_ms[1:]):>14.1f}ms "
+              f"{statistics.median(kib):>10.1f} {renderer.mode:>8}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=60, help="epochs per run (digits: ~23 steps each)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="2 pairs of short runs (a smoke test)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.pairs, args.epochs = 2, 15
+    train, val = digits()
+    from nb_trainer.ui import render
+    render.get_renderer()  # started once per kernel, like the first panel does
+    one_run(train, val, 3, True)  # warm-up: imports, first frame
+    one_run(train, val, 3, False)
+    headless, paneled, fps, gaps = [], [], [], []
+    for i in range(args.pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for with_panel in order:
+            rate, f, gap = one_run(train, val, args.epochs, with_panel)
+            if with_panel:
+                paneled.append(rate)
+                fps.append(f)
+                gaps.append(gap)
+            else:
+                headless.append(rate)
+        print(f"pair {i + 1}: headless {headless[-1]:7.1f} steps/s   panel {paneled[-1]:7.1f} steps/s   "
+              f"ratio {paneled[-1] / headless[-1]:.3f}   {fps[-1]:.2f} frames/s   longest gap {gaps[-1]:.2f}s")
+    ratios = [p_ / h for p_, h in zip(paneled, headless)]
+    print(f"\nmedian steps/s: headless {statistics.median(headless):.1f}, with panel {statistics.median(paneled):.1f}")
+    print(f"throughput ratio panel/headless: median of pair ratios {statistics.median(ratios):.3f} "
+          f"(ratio of medians {statistics.median(paneled) / statistics.median(headless):.3f}; target >= 0.95)")
+    print(f"frames per second while training: median {statistics.median(fps):.2f}; "
+          f"longest gap between frames: {max(gaps):.2f} s (must stay under 2 s)")
+    frame_costs()
+
+
+if __name__ == "__main__":
+    main()

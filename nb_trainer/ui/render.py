@@ -1,0 +1,521 @@
+"""Drawing the live figure where it cannot slow training: one renderer process per kernel.
+
+A 4-panel matplotlib frame costs 10–300 ms of CPU and holds the GIL the whole
+time; drawn in the kernel it takes that time from the training thread. So
+panels hand decimated snapshots (:func:`nb_trainer.ui.figure.snapshot`) to a
+long-lived renderer process and get PNG bytes back. In the kernel a frame
+costs only the snapshot and the send (about a millisecond).
+
+Usage (what the panel does)::
+
+    from nb_trainer.ui import figure, render
+    renderer = render.get_renderer()          # shared by every panel; starts the process
+    seq = renderer.submit(key, figure.snapshot(trainer.runs, trainer.task), size=(800, 480),
+                          callback=lambda png: image.set_trait("value", png))
+    png = renderer.poll(key)                  # newest finished frame for key, or None
+    png = renderer.wait(key, seq, timeout=5)  # block until frame `seq` (or a newer one) is done
+
+Behaviour:
+
+* ``submit`` never blocks. Per key the newest snapshot wins: snapshots that
+  arrive while a frame is being drawn replace each other, and only the last
+  one is drawn. A snapshot whose ``stamp`` and size equal the last one
+  submitted for the key is skipped (``submit`` returns None).
+* ``callback(png)`` runs on the renderer's I/O thread (not the caller's)
+  after each frame for its key; setting a widget trait there is fine, calling
+  ``wait`` there is not (it would wait for itself).
+* Snapshots are read, never changed: do not modify one after submitting it.
+* The process is started with the "spawn" method and runs
+  :func:`_child_main` of this module (this module imports neither torch nor
+  matplotlib at its top). It exits when its pipe to the kernel closes, when
+  its parent process is gone (checked every second: also after SIGKILL), or
+  on :meth:`Renderer.close`. It ignores SIGINT, so "interrupt kernel" (sent to
+  the kernel's process group) does not kill it.
+* A renderer process that dies is reaped and a new one started for the next
+  frame (the frame that was lost is drawn again). If processes cannot be
+  started, or die more than :data:`MAX_RESTARTS` times in a minute, frames are
+  drawn in the kernel on the I/O thread instead, at an adaptive rate that
+  keeps drawing under :data:`INPROCESS_BUDGET` of wall time in the long run
+  (a leaky bucket of the drawing thread's CPU time; ``mode`` then reads
+  "inprocess"). With 10–25 ms blitted frames that is a frame every 0.3–0.8 s.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from typing import Any, Callable, Hashable, Optional
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = (800, 480)
+MAX_FIGURES = 8             # figures (panels) the renderer keeps; older ones are rebuilt when needed
+START_TIMEOUT = 60.0        # spawn + matplotlib import, on a loaded 2-core machine
+FRAME_TIMEOUT = 30.0        # a renderer silent this long on one frame is killed and restarted
+MAX_RESTARTS = 3            # deaths within RESTART_WINDOW seconds before drawing in-process instead
+RESTART_WINDOW = 60.0
+INPROCESS_BUDGET = 0.03     # in-process drawing: at most this share of wall time in the long run,
+INPROCESS_BURST = 0.3       # after a burst of this many CPU seconds (the first, full draw) ...
+INPROCESS_MIN_INTERVAL = 0.25   # ... and at most 4 frames per second
+PARENT_CHECK_SECONDS = 1.0
+
+
+def render_png(snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE) -> bytes:
+    """Draw ``snapshot`` in this process and return PNG bytes (a full draw: 0.1–0.3 s)."""
+    from .figure import LiveFigure
+    return LiveFigure(size).render(snapshot)
+
+
+# -- the renderer process -----------------------------------------------------------------------------
+
+def _child_main(conn, parent_pid: int) -> None:
+    """Body of the renderer process: draw frames asked for on ``conn`` until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .figure import LiveFigure
+    figures: "collections.OrderedDict[Hashable, LiveFigure]" = collections.OrderedDict()
+    try:
+        conn.send(("ready", os.getpid()))
+    except OSError:
+        return
+    while True:
+        try:
+            if not conn.poll(PARENT_CHECK_SECONDS):
+                if os.getppid() != parent_pid:      # parent gone (killed): we were re-parented
+                    return
+                continue
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        if msg[0] == "forget":
+            figures.pop(msg[1], None)
+            continue
+        _, key, seq, size, snap = msg
+        t0 = time.perf_counter()
+        try:
+            fig = figures.pop(key, None)
+            if fig is None or fig.size != tuple(size):
+                fig = LiveFigure(size)
+            figures[key] = fig
+            while len(figures) > MAX_FIGURES:
+                figures.popitem(last=False)
+            png = fig.render(snap)
+            reply = ("frame", key, seq, png, (time.perf_counter() - t0) * 1e3, fig.full_draws)
+        except Exception:
+            # one bad snapshot must not take down the renderer every panel shares:
+            # the traceback goes back to the kernel, recorded as Renderer.last_error
+            reply = ("error", key, seq, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+
+
+# -- the kernel side ----------------------------------------------------------------------------------
+
+class Renderer:
+    """Draws frames for any number of panels (keys) in one renderer process.
+
+    Parameters
+    ----------
+    mode : {"process", "inprocess"}
+        "inprocess" draws on this object's I/O thread at an adaptive rate
+        (also what "process" falls back to when no process can be run).
+
+    Attributes
+    ----------
+    mode : str
+        "process" or "inprocess" (after a fallback).
+    restarts : int
+        Renderer processes started after the first.
+    last_error : str or None
+        The latest drawing error (a traceback), if any.
+    last_render_ms : float or None
+        Time the latest frame took to draw and encode, in the renderer.
+    frames : int
+        Frames delivered.
+    inprocess_cpu_s : float
+        CPU seconds spent drawing in this process (in-process mode only).
+    """
+
+    def __init__(self, mode: str = "process"):
+        if mode not in ("process", "inprocess"):
+            raise ValueError(f"mode: got {mode!r}; accepted: 'process', 'inprocess'")
+        self.mode = mode
+        self.restarts = 0
+        self.frames = 0
+        self.last_error: Optional[str] = None
+        self.last_render_ms: Optional[float] = None
+        self._cond = threading.Condition()
+        self._pending: "collections.OrderedDict[Hashable, tuple]" = collections.OrderedDict()
+        self._forget: list = []
+        self._forgotten: set = set()        # keys forgotten since their last submit
+        self._frames: dict[Hashable, bytes] = {}
+        self._done: dict[Hashable, int] = {}          # newest seq finished (drawn or failed) per key
+        self._stamps: dict[Hashable, Any] = {}
+        self._callbacks: dict[Hashable, Callable[[bytes], Any]] = {}
+        self._seq = itertools.count(1)
+        self._closed = False
+        self._thread: Optional[threading.Thread] = None
+        self._proc = None
+        self._conn = None
+        self._started_once = False
+        self._deaths: "collections.deque[float]" = collections.deque()
+        self._figures: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
+        self._next_inprocess = 0.0
+        self.inprocess_cpu_s = 0.0          # CPU seconds spent drawing in this process
+        self._debt = 0.0                    # in-process drawing: CPU seconds not yet paid off
+        self._debt_at = time.perf_counter()
+        self._owner = os.getpid()
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The renderer process's pid (None before it runs, or in-process)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def start(self) -> "Renderer":
+        """Start the I/O thread (and with it the renderer process) ahead of the first frame."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Renderer is closed; use render.get_renderer() for a live one")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="nbt-renderer-io", daemon=True)
+                self._thread.start()
+        return self
+
+    def submit(self, key: Hashable, snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE,
+               callback: Optional[Callable[[bytes], Any]] = None, force: bool = False) -> Optional[int]:
+        """Ask for a frame of ``snapshot`` for ``key``; returns its sequence number at once.
+
+        Returns None (and draws nothing) when ``snapshot["stamp"]`` and ``size``
+        equal the last submission for ``key``, unless ``force``. ``callback``,
+        if given, replaces the key's callback.
+        """
+        from .figure import _check_size
+        size = _check_size(size)
+        if not isinstance(snapshot, dict) or "runs" not in snapshot:
+            raise TypeError(f"snapshot: expected a dict from nb_trainer.ui.figure.snapshot(), "
+                            f"got {type(snapshot).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: got {callback!r}; accepted: a callable taking PNG bytes, or None")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Renderer is closed; use render.get_renderer() for a live one")
+            stamp = (snapshot.get("stamp"), size)
+            if not force and snapshot.get("stamp") is not None and self._stamps.get(key) == stamp:
+                return None
+            self._stamps[key] = stamp
+            self._forgotten.discard(key)
+            if callback is not None:
+                self._callbacks[key] = callback
+            seq = next(self._seq)
+            self._pending.pop(key, None)
+            self._pending[key] = (seq, snapshot, size)
+            self._cond.notify_all()
+        self.start()
+        return seq
+
+    def poll(self, key: Hashable) -> Optional[bytes]:
+        """PNG bytes of the newest finished frame for ``key``, or None."""
+        with self._cond:
+            return self._frames.get(key)
+
+    def wait(self, key: Hashable, seq: Optional[int] = None, timeout: Optional[float] = None) -> Optional[bytes]:
+        """Block until frame ``seq`` for ``key`` (or a newer one) is done; return the newest frame.
+
+        Without ``seq``, waits for any frame. Returns None on timeout, and the
+        previous frame (possibly None) when drawing ``seq`` failed.
+        """
+        def done():
+            d = self._done.get(key)
+            return self._closed or (d is not None and (seq is None or d >= seq))
+        with self._cond:
+            if not self._cond.wait_for(done, timeout):
+                return None
+            return self._frames.get(key)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop everything kept for ``key`` (a panel that closed), here and in the renderer."""
+        with self._cond:
+            self._pending.pop(key, None)
+            for d in (self._frames, self._done, self._stamps, self._callbacks):
+                d.pop(key, None)
+            self._forget.append(key)
+            self._forgotten.add(key)
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the I/O thread and the renderer process (waits up to ``timeout`` seconds)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._stop_child(timeout)
+
+    def __repr__(self) -> str:
+        return (f"<Renderer {self.mode} pid={self.pid} frames={self.frames} restarts={self.restarts}"
+                f"{' closed' if self._closed else ''}>")
+
+    # -- the I/O thread -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        if self.mode == "process":
+            self._ensure_child()          # start early: the first frame should not wait for it
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if self._forget:
+                        break
+                    if self._pending and (self.mode == "process" or time.perf_counter() >= self._next_inprocess):
+                        break
+                    if self._proc is not None and not self._proc.is_alive():
+                        break                  # died while idle: reap it now, not at the next frame
+                    wait = 1.0 if self.mode == "process" or not self._pending else \
+                        max(0.01, self._next_inprocess - time.perf_counter())
+                    self._cond.wait(wait)
+                if self._closed:
+                    return
+                forget, self._forget = self._forget, []
+                item = self._pending.popitem(last=False) if self._pending and (
+                    self.mode == "process" or time.perf_counter() >= self._next_inprocess) else None
+            for key in forget:
+                self._figures.pop(key, None)
+                self._send_control(("forget", key))
+            if self._proc is not None and not self._proc.is_alive():
+                self._child_died("it exited")
+            if item is None:
+                continue
+            key, (seq, snap, size) = item
+            if self.mode == "inprocess":
+                self._draw_here(key, seq, snap, size)
+            elif not self._draw_in_child(key, seq, snap, size):
+                self._requeue(key, (seq, snap, size))    # the process died (or none could start): again
+
+    def _draw_in_child(self, key, seq, snap, size) -> bool:
+        """Send one frame to the renderer process and wait for it; False if the process died."""
+        if not self._ensure_child():
+            return False
+        conn, proc = self._conn, self._proc
+        try:
+            conn.send(("render", key, seq, size, snap))
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            self._finish(key, seq, None, error=f"snapshot for {key!r} could not be pickled: {e}")
+            return True
+        except OSError:
+            self._child_died("the pipe broke")
+            return False
+        deadline = time.monotonic() + FRAME_TIMEOUT
+        while True:
+            try:
+                if conn.poll(0.25):
+                    msg = conn.recv()
+                    break
+            except (EOFError, OSError):
+                msg = None
+                break
+            if not proc.is_alive():
+                msg = None
+                break
+            if self._closed:
+                return True
+            if time.monotonic() > deadline:
+                log.warning("nb_trainer renderer process %s took over %.0f s for one frame; restarting it",
+                            proc.pid, FRAME_TIMEOUT)
+                proc.kill()
+                msg = None
+                break
+        if msg is None:
+            self._child_died("it exited while drawing")
+            return False
+        if msg[0] == "frame":
+            _, _, _, png, ms, _ = msg
+            self.last_render_ms = ms
+            self._finish(key, seq, png)
+        else:
+            self._finish(key, seq, None, error=msg[3])
+        return True
+
+    def _draw_here(self, key, seq, snap, size) -> None:
+        from .figure import LiveFigure
+        t0 = time.thread_time()
+        w0 = time.perf_counter()
+        try:
+            fig = self._figures.pop(key, None)
+            if fig is None or fig.size != tuple(size):
+                fig = LiveFigure(size)
+            self._figures[key] = fig
+            while len(self._figures) > MAX_FIGURES:
+                self._figures.popitem(last=False)
+            png = fig.render(snap)
+        except Exception:
+            # same contract as the renderer process: the error is recorded, the panel keeps going
+            self._finish(key, seq, None, error=traceback.format_exc())
+            png = None
+        # A leaky bucket: CPU time spent drawing (what the training thread loses to us)
+        # drains at INPROCESS_BUDGET seconds per second; frames wait while it is over the burst.
+        now = time.perf_counter()
+        cost = time.thread_time() - t0
+        self.inprocess_cpu_s += cost
+        self._debt = max(0.0, self._debt - INPROCESS_BUDGET * (now - self._debt_at)) + cost
+        self._debt_at = now
+        self.last_render_ms = (now - w0) * 1e3
+        self._next_inprocess = now + max(INPROCESS_MIN_INTERVAL,
+                                         (self._debt - INPROCESS_BURST) / INPROCESS_BUDGET)
+        if png is not None:
+            self._finish(key, seq, png)
+
+    def _finish(self, key, seq, png: Optional[bytes], error: Optional[str] = None) -> None:
+        with self._cond:
+            if key in self._forgotten:
+                return
+            if error is not None:
+                self.last_error = error
+                self._stamps.pop(key, None)       # let the same snapshot be tried again
+                log.warning("nb_trainer: drawing the live plot failed:\n%s", error)
+            else:
+                self._frames[key] = png
+                self.frames += 1
+            self._done[key] = max(seq, self._done.get(key, 0))
+            callback = self._callbacks.get(key) if png is not None else None
+            self._cond.notify_all()
+        if callback is not None:
+            try:
+                callback(png)
+            except Exception:
+                log.exception("nb_trainer: a live-plot frame callback raised")
+
+    def _requeue(self, key, item) -> None:
+        with self._cond:
+            if key not in self._pending:       # a newer snapshot, if any, replaces the lost one
+                self._pending[key] = item
+                self._pending.move_to_end(key, last=False)
+
+    # -- the process ----------------------------------------------------------------------------
+    def _ensure_child(self) -> bool:
+        """A live, ready renderer process; False (and mode "inprocess") if none can be had."""
+        if self._proc is not None and self._proc.is_alive():
+            return True
+        if self._proc is not None:
+            self._child_died("it exited")
+        if self.mode != "process":
+            return False
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_child_main, args=(child_conn, os.getpid()),
+                               name="nbt-renderer", daemon=True)
+            proc.start()
+        except (OSError, RuntimeError, AssertionError, ValueError, ImportError) as e:
+            # e.g. no usable interpreter to spawn, or this process is itself a daemon child
+            self._fall_back(f"the renderer process could not be started ({type(e).__name__}: {e})")
+            return False
+        child_conn.close()        # only the child holds its end: its exit is our EOF, and ours its EOF
+        if self._started_once:
+            self.restarts += 1
+        self._started_once = True
+        self._proc, self._conn = proc, parent_conn
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._closed:
+            try:
+                if parent_conn.poll(0.25):
+                    msg = parent_conn.recv()
+                    if msg[0] == "ready":
+                        return True
+            except (EOFError, OSError):
+                break
+            if not proc.is_alive() or time.monotonic() > deadline:
+                break
+        if self._closed:
+            return False
+        self._child_died("it did not start")
+        return self.mode == "process" and self._ensure_child()
+
+    def _child_died(self, why: str) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)             # reap: never leave a zombie
+            log.info("nb_trainer renderer process %s ended (%s, exit code %s)", proc.pid, why, proc.exitcode)
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > RESTART_WINDOW:
+            self._deaths.popleft()
+        if len(self._deaths) > MAX_RESTARTS:
+            self._fall_back(f"the renderer process ended {len(self._deaths)} times within "
+                            f"{RESTART_WINDOW:.0f} s (last: {why})")
+
+    def _fall_back(self, why: str) -> None:
+        log.warning("nb_trainer: %s; drawing live plots in the kernel at a reduced rate instead", why)
+        self.last_error = why
+        self.mode = "inprocess"
+
+    def _send_control(self, msg) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.send(msg)
+        except OSError:
+            self._child_died("the pipe broke")
+
+    def _stop_child(self, timeout: float) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            try:
+                conn.send(None)
+            except OSError:
+                pass              # already gone: the join below reaps it either way
+            conn.close()
+        if proc is not None:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout)
+
+
+_shared: Optional[Renderer] = None
+_shared_lock = threading.Lock()
+
+
+@atexit.register
+def _close_shared() -> None:
+    # before multiprocessing's own exit handler (registered earlier, so run later) stops the
+    # process: otherwise the I/O thread would see it die and start another one
+    renderer = _shared
+    if renderer is not None and renderer._owner == os.getpid():
+        renderer.close(timeout=1.0)
+
+
+def get_renderer(start: bool = True) -> Renderer:
+    """The renderer shared by every panel in this process (created, and started, on first use).
+
+    A closed renderer, or one inherited through ``fork``, is replaced by a new one.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.closed or _shared._owner != os.getpid():
+            _shared = Renderer()
+        renderer = _shared
+    if start:
+        renderer.start()
+    return renderer
