@@ -73,7 +73,7 @@ FIELDS: dict[str, FieldSpec] = {
                   low=0.0, low_open=True, high=10.0, slider_low=1e-5, slider_high=1.0,
                   log=True, live=True),
         FieldSpec("momentum", "float", "momentum",
-                  "momentum of 'momentum' and 'rmsprop' (beta1 of adam/adamw)",
+                  "momentum of 'momentum' (beta1 of adam/adamw; sgd and rmsprop do not use it)",
                   low=0.0, high=1.0, high_open=True, slider_low=0.0, slider_high=0.99,
                   live=True),
         FieldSpec("weight_decay", "float", "L2 weight decay",

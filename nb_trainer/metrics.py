@@ -58,28 +58,32 @@ class ClassificationMetrics:
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         pred = logits.argmax(dim=-1).reshape(-1)
         t = target.reshape(-1).long()
-        ok = (t >= 0) & (t < self.n)  # out-of-range ids are reported by the data checks
-        self.cm += torch.bincount((t[ok] * self.n + pred[ok]), minlength=self.n * self.n)
+        n = self.n
+        # out-of-range ids (reported by the data checks) go to an extra bin that is dropped;
+        # no boolean indexing, which would sync a GPU
+        ok = (t >= 0) & (t < n)
+        idx = torch.where(ok, t * n + pred, n * n)
+        self.cm += torch.bincount(idx, minlength=n * n + 1)[:n * n]
 
     def compute(self, prefix: str = "val_") -> dict:
-        cm = self.cm.reshape(self.n, self.n).double()
-        tp = cm.diagonal()
-        true_n = cm.sum(1)
-        pred_n = cm.sum(0)
-        total = cm.sum()
-        present = (true_n + pred_n) > 0
-        precision = torch.where(pred_n > 0, tp / pred_n.clamp(min=1), torch.zeros_like(tp))
-        recall = torch.where(true_n > 0, tp / true_n.clamp(min=1), torch.zeros_like(tp))
-        denom = precision + recall
-        f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp))
-        k = present.sum().clamp(min=1)
-        values = torch.stack([
-            tp.sum() / total.clamp(min=1),
-            (precision * present).sum() / k,
-            (recall * present).sum() / k,
-            (f1 * present).sum() / k,
-        ]).tolist()
-        return dict(zip((prefix + "accuracy", prefix + "precision", prefix + "recall", prefix + "f1"), values))
+        # once an epoch: three small vectors to the host (one sync), the rest in plain Python
+        cm = self.cm.reshape(self.n, self.n)
+        tp, true_n, pred_n = torch.stack([cm.diagonal(), cm.sum(1), cm.sum(0)]).tolist()
+        precision, recall, f1 = [], [], []
+        for c in range(self.n):
+            if true_n[c] == 0 and pred_n[c] == 0:
+                continue  # in neither targets nor predictions: left out of the macro average
+            p = tp[c] / pred_n[c] if pred_n[c] else 0.0
+            r = tp[c] / true_n[c] if true_n[c] else 0.0
+            precision.append(p)
+            recall.append(r)
+            f1.append(2 * p * r / (p + r) if p + r else 0.0)
+        total = sum(true_n)
+        k = max(len(precision), 1)
+        return {prefix + "accuracy": sum(tp) / total if total else 0.0,
+                prefix + "precision": sum(precision) / k,
+                prefix + "recall": sum(recall) / k,
+                prefix + "f1": sum(f1) / k}
 
 
 class BinaryMetrics:

@@ -111,8 +111,8 @@ class Slow(nn.Module):
 
 @pytest.fixture
 def slow_model():
-    def make(n_in=64, n_out=10, delay=0.01):
-        return Slow(mlp(n_in, n_out, hidden=16), delay)
+    def make(n_in=64, n_out=10, delay=0.01, inner=None):
+        return Slow(inner if inner is not None else mlp(n_in, n_out, hidden=16), delay)
     return make
 
 

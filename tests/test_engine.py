@@ -107,7 +107,7 @@ def test_reset_puts_the_initial_weights_back(small_digits, make_mlp):
     ("momentum", torch.optim.SGD, {"lr": 0.05, "weight_decay": 1e-3, "momentum": 0.8}),
     ("adam", torch.optim.Adam, {"lr": 0.05, "weight_decay": 1e-3, "betas": (0.8, 0.999)}),
     ("adamw", torch.optim.AdamW, {"lr": 0.05, "weight_decay": 1e-3, "betas": (0.8, 0.999)}),
-    ("rmsprop", torch.optim.RMSprop, {"lr": 0.05, "weight_decay": 1e-3}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 0.05, "weight_decay": 1e-3, "momentum": 0}),
 ])
 def test_build_optimizer_makes_the_named_torch_optimizer(name, cls, group):
     params = [nn.Parameter(torch.zeros(3, 2))]
@@ -199,10 +199,11 @@ def test_live_lr_change_reaches_the_optimizer_at_the_next_step(small_digits, slo
     t = trainer(model, small_digits, spy)
     seen = []  # (completed steps, optimizer lr) at each training forward
     model.register_forward_pre_hook(
-        lambda m, inp: seen.append((run.step, spy.engine.optimizer.param_groups[0]["lr"])) if m.training else None)
+        lambda m, inp: seen.append((spy.engine.run_.step, spy.engine.optimizer.param_groups[0]["lr"]))
+        if m.training else None)
     run = t.start(lr=1e-3, epochs=100)
     try:
-        assert wait_until(lambda: run.step >= 3)
+        assert wait_until(lambda: run.step >= 3), (run.status, run.error)
         asked_at = run.step
         t.change(lr=5e-2)
         assert wait_until(lambda: run.changes)
@@ -221,6 +222,27 @@ def test_live_lr_change_reaches_the_optimizer_at_the_next_step(small_digits, slo
     cols = run.history.columns("step", "lr")
     for step, lr in zip(cols["step"], cols["lr"]):
         assert lr == (5e-2 if step > change["step"] else 1e-3)
+
+
+def test_live_changes_of_momentum_weight_decay_and_dropout(small_digits, slow_model, wait_until):
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    model = slow_model(delay=0.005, inner=inner)
+    spy = Spy()
+    t = trainer(model, small_digits, spy)
+    run = t.start(optimizer="momentum", lr=1e-2, momentum=0.9, epochs=100)
+    try:
+        assert wait_until(lambda: run.step >= 2), (run.status, run.error)
+        t.change(momentum=0.5, weight_decay=1e-3, dropout=0.2)
+        assert wait_until(lambda: run.changes)
+        group = spy.engine.optimizer.param_groups[0]
+        assert (group["momentum"], group["weight_decay"]) == (0.5, 1e-3)
+        assert inner[2].p == 0.2
+        assert run.changes[0]["changes"] == {"momentum": 0.5, "weight_decay": 1e-3, "dropout": 0.2}
+    finally:
+        t.stop()
+        t.wait()
+    assert len(t.runs) == 1
 
 
 # -- stop and pause ----------------------------------------------------------------

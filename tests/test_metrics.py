@@ -3,7 +3,6 @@ fed to the accumulators in batches) and through a Trainer (predictions of the
 trained model recomputed by hand)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -228,3 +227,16 @@ def test_trainer_evaluate_equals_sklearn(digits, make_mlp):
     result = t.evaluate()  # the untrained model: metrics are far from perfect
     want = _sk_classification(yv.numpy(), _predict(t.model, xv).argmax(1).numpy())
     assert {"val_" + k: v for k, v in result.items() if k != "loss"} == pytest.approx(want, **APPROX)
+
+
+def test_target_ids_outside_the_classes_are_left_out():
+    g = torch.Generator().manual_seed(6)
+    n, c = 200, 4
+    logits = torch.randn(n, c, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    y[::10] = c      # ids the model has no output for (the data checks report them)
+    y[5::10] = -1
+    keep = (y >= 0) & (y < c)
+    got = _feed(ClassificationMetrics(c, "cpu"), logits, y)
+    want = _sk_classification(y[keep].numpy(), logits[keep].argmax(1).numpy())
+    assert got == pytest.approx(want, **APPROX)
