@@ -26,7 +26,7 @@ from .run import Run
 LOG_SECONDS = 0.25     # host sync at most this often ...
 LOG_MAX_STEPS = 256    # ... or after this many steps, whichever first
 PROBE_SECONDS = 1.0    # sampled diagnostics (dead units, update ratios) at least once a second ...
-PROBE_SHARE = 0.02     # ... and at the start of every epoch while probes take under 2% of the time
+PROBE_SHARE = 0.01     # ... and at the start of every epoch while probes take under 1% of the time
                        # (short runs of short epochs still get a probe an epoch for the health rules)
 PROBE_BATCH = 256      # examples in the fixed probe batch
 VAL_BATCH = 1024       # batch size for evaluation (no gradients, so larger is cheaper)
@@ -174,6 +174,7 @@ class Engine:
         self.probe_batch = None
         self._last_probe_t = 0.0
         self._probe_cost = 0.0
+        self._last_dead_t = -PROBE_SECONDS  # the first probe looks for dead units too
         self._reset_pending()
 
     # -- public to callbacks ------------------------------------------------
@@ -300,7 +301,9 @@ class Engine:
             self._lrs.append(cfg.lr)
             run.step += 1
             if probing:
-                self._probe(epoch, before)
+                # dead units (a forward pass with hooks) at most once a second here; update ratios
+                # (a clone and two norms) whenever a probe is due
+                self._probe(epoch, before, dead_units=time.perf_counter() - self._last_dead_t >= PROBE_SECONDS)
                 next_probe = time.perf_counter() + PROBE_SECONDS
             if len(self._losses) >= LOG_MAX_STEPS or time.perf_counter() >= next_log:
                 self._log(epoch)
@@ -310,8 +313,7 @@ class Engine:
 
     def _reset_pending(self) -> None:
         self._losses: list = []
-        self._norms: list = []
-        self._layers: list = []
+        self._layers: list = []    # per step: the list of per-parameter gradient norms
         self._sizes: list = []
         self._lrs: list = []
 
@@ -377,7 +379,7 @@ class Engine:
             return 0.0
         return self._last_probe_t + min(PROBE_SECONDS, self._probe_cost / PROBE_SHARE)
 
-    def _probe(self, epoch: int, before: list) -> None:
+    def _probe(self, epoch: int, before: list, dead_units: bool = True) -> None:
         """Sample the costly signals: update/weight ratio per matrix, dead ReLU units."""
         run, model = self.run_, self.model
         t0 = time.perf_counter()
@@ -388,8 +390,9 @@ class Engine:
             den = torch.stack(torch._foreach_norm(before)).clamp(min=1e-12)
             ratios = (num / den).tolist()
         dead = {}
-        relus = [(n, m) for n, m in model.named_modules() if isinstance(m, _RELU)]
+        relus = [(n, m) for n, m in model.named_modules() if isinstance(m, _RELU)] if dead_units else []
         if relus and self.probe_batch is not None:
+            self._last_dead_t = time.perf_counter()
             outs = {}
             hooks = [m.register_forward_hook(lambda mod, inp, out, name=n: outs.__setitem__(name, out))
                      for n, m in relus]
@@ -480,8 +483,10 @@ class Engine:
             run.best_val_loss = watched
             run.best_epoch = epoch
             self.best_state = self._copy_state(into=self.best_state)
-        if self.diagnostics and ((run.epoch == 1 and not run.probes) or epoch == cfg.epochs):
-            self._probe(epoch, None)  # one after the last epoch: the health rules see the final state
+        if self.diagnostics and (epoch in (1, (cfg.epochs + 1) // 2, cfg.epochs) or not run.probes):
+            # after the first, the middle and the last epoch, however fast the run: a short run still
+            # gets the probes the health rules need (dead units on two probes in a row, the final state)
+            self._probe(epoch, None)
         for cb in self.callbacks:
             cb.on_epoch_end(run, self, record)
         if cfg.patience > 0 and run.best_epoch is not None and epoch - run.best_epoch >= cfg.patience:

@@ -19,7 +19,7 @@ from . import events as ev
 from .config import FIELDS, TrainConfig, check_names, describe_change
 from .data import TaskInfo, infer_task, make_source, probe_output
 from .engine import Callback, Engine, RunControl, dropout_defaults
-from .health.data_checks import preflight
+from .health.data_checks import merge_splits, preflight
 from .metrics import TASKS, resolve_loss
 from .run import Run
 
@@ -84,6 +84,7 @@ class Trainer:
         if self.val_data is not None:
             xv, yv = self.val_data.sample()
             self.data_warnings += preflight("val", xv, yv, self.task_info, self.loss_name)
+        self.data_warnings = merge_splits(self.data_warnings)  # a run keeps one warning per code
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._dropout_p = dropout_defaults(model)
         self.has_dropout = bool(self._dropout_p)

@@ -1,16 +1,216 @@
-"""Runs the health rules as a run goes (placeholder until the rules land)."""
+"""Runs the health rules as a run goes: a duck-typed callback of the engine.
+
+The monitor copies the newly logged steps into a :class:`Signals` (cheap list
+appends), and evaluates the rules:
+
+- at each epoch end, the rules that read short windows (fit, oscillation,
+  lr too low, vanishing gradients, dead units: ~0.1-0.2 ms), so what they see
+  does not depend on the machine's speed;
+- the rules that scan whole step columns (exploding gradients, lr too high)
+  at most every ``EVAL_SECONDS`` of wall time, at a log or an epoch end, and
+  in the first two epochs;
+- every rule once more at the end of the run, including those that need the
+  whole run (underfitting). A run stopped by the user is not judged.
+
+A code already raised is updated only at epoch ends and at the end, not at
+every evaluation. Symptoms are not raised on top of their cause: when a
+cause (exploding/vanishing gradients, dead ReLUs, lr too high/low, NaN) has
+been raised, a plateau or underfitting says nothing new.
+"""
 from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from typing import Callable, Optional
+
+from . import fit, gradients, learning_rate
+from .baseline import trivial_loss
+from .signals import Context, Signals
+from .warning import HealthWarning
+
+EVAL_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
+
+CAUSES = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "lr_too_high", "lr_too_low")
+
+# trivial baselines per training source (computed once per Trainer's data, not per run)
+_BASELINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged: bool = False,
+             step_rules: bool = True, guard: Optional[Callable] = None) -> list:
+    """The warnings the rules give now. ``phase``: "step" (gradient and early-loss rules),
+    "epoch" (all rules) or "final" (all, underfitting judged on the whole run).
+    ``raised``: codes the run already has (suppresses symptoms of a raised cause).
+    ``step_rules=False`` skips the rules that scan whole step columns (exploding gradients, lr too
+    high: the monitor ran them recently). ``guard(exc)``: called with a rule's exception instead
+    of raising it, and the other rules still run (the monitor's: a rule's bug on odd data must not
+    fail the user's run)."""
+    found: list[HealthWarning] = []
+    scans = [lambda: gradients.exploding_gradients(s, ctx, diverged=diverged),
+             lambda: learning_rate.lr_too_high(s, ctx)] if step_rules or phase == "step" else []
+    # vanishing gradients and dead units read short windows: cheap enough for every epoch, and then
+    # a plateau is never raised before the cause that explains it
+    checks = scans[:1] + [lambda: gradients.vanishing_gradients(s, ctx),
+                          lambda: gradients.dead_relu(s, ctx)] + scans[1:]
+    if phase != "step":  # after a divergence too: the epochs before it are evidence
+        checks += [lambda: _lr_too_low(s, ctx, set(raised) | {f.code for f in found}),
+                   lambda: learning_rate.loss_oscillation(s, ctx),
+                   lambda: fit.overfitting(s, ctx)]
+    for check in checks:
+        _run(check, found, guard)
+    if phase == "step":
+        return found
+    codes = set(raised) | {w.code for w in found}
+    if not codes & set(CAUSES):  # the symptoms: plateau and underfitting
+        for check in (lambda: fit.loss_plateau(s, ctx), lambda: fit.underfitting(s, ctx, final=phase == "final")):
+            _run(check, found, guard)
+    return found
+
+
+def _run(check, found: list, guard) -> None:
+    if guard is None:
+        w = check()
+    else:
+        try:
+            w = check()
+        except Exception as e:  # handed to the guard, which records it; the other rules go on
+            guard(e)
+            return
+    if w is not None:
+        found.append(w)
+
+
+def _lr_too_low(s: Signals, ctx: Context, codes: set) -> Optional[HealthWarning]:
+    # weights that stay still are the lr's fault only when gradients reach every layer
+    if codes & {"vanishing_gradients", "dead_relu"}:
+        return None
+    return learning_rate.lr_too_low(s, ctx)
 
 
 class HealthMonitor:
-    """A callback of the engine that evaluates the health rules."""
+    """A callback of the engine that evaluates the health rules and raises their warnings."""
 
     def __init__(self, task, loss_name: str):
         self.task = task
         self.loss_name = loss_name
+        self.signals = Signals()
+        self.ctx: Optional[Context] = None
+        self._first = self._last = None
+        self._next_eval = 0.0
+        self._config = None
+        self.errors: list = []  # exceptions raised by rules (logged too); the run goes on
 
-    def on_run_start(self, run, engine): ...
-    def on_log(self, run, engine, new): ...
-    def on_probe(self, run, engine, probe): ...
-    def on_epoch_end(self, run, engine, record): ...
-    def on_run_end(self, run, engine): ...
+    # -- engine callbacks ---------------------------------------------------------
+    def on_run_start(self, run, engine) -> None:
+        self.signals = Signals()
+        self._first = self._last = None
+        mats = [i for i, p in enumerate(engine.params) if p.dim() > 1]
+        if len(mats) >= 2:
+            self._first, self._last = mats[0], mats[-1]
+        self._baseline = self._trivial_loss(engine)
+        self._names = list(engine.param_names)
+        self._has_dropout = bool(engine.dropout_p) or _has_dropout(engine)
+        self._update_ctx(run)
+        self._next_eval = time.perf_counter() + EVAL_SECONDS
+
+    def on_log(self, run, engine, new: dict) -> None:
+        self._take(new)
+        if time.perf_counter() >= self._next_eval:
+            self._evaluate(run, engine, "step")
+
+    def on_probe(self, run, engine, probe: dict) -> None:
+        self.signals.probes.append(probe)
+        if len(self.signals.probes) > 512:
+            del self.signals.probes[1:257:2]  # keep the first (the state at the start) and the recent ones
+
+    def on_epoch_end(self, run, engine, record: dict) -> None:
+        self.signals.epochs.append(record)
+        val = record.get("val_loss")
+        if (val is not None and not math.isfinite(val) and math.isfinite(record.get("train_loss", float("nan")))
+                and run.warning("bad_input_data") is None):  # NaN in the val data says it already
+            engine.warn(HealthWarning(
+                code="nan_loss", severity="error",
+                message=(f"the val loss is {val} at epoch {record['epoch']} while the train loss is "
+                         f"{record['train_loss']:.4g}: the model's outputs overflow on the val data"),
+                suggestion=f"lower the learning rate to {self.ctx.lr / 10:.2g} and clip gradients at 1.0",
+                fix={"lr": float(f"{self.ctx.lr / 10:.2g}"), "grad_clip": 1.0} if self.ctx.grad_clip == 0
+                else {"lr": float(f"{self.ctx.lr / 10:.2g}")},
+                step=run.step, epoch=record["epoch"]))
+        # the window rules every epoch, the scanning ones on their clock (see the module docstring)
+        self._evaluate(run, engine, "epoch",
+                       step_rules=record["epoch"] <= 2 or time.perf_counter() >= self._next_eval)
+
+    def on_run_end(self, run, engine) -> None:
+        if self.ctx is None or run.status == "failed":
+            return
+        if run.status == "stopped" and not run.stop_reason.startswith("early stopping"):
+            return  # cut short by the user (or a restart): the evidence is incomplete
+        self._catch_up(run)
+        self._evaluate(run, engine, "final", diverged=run.status == "diverged")
+
+    # -- internals -----------------------------------------------------------------
+    def _take(self, new: dict) -> None:
+        cols = {k: new[k] for k in ("step", "epoch", "loss", "grad_norm") if k in new}
+        layers = new.get("layer_norms") or []
+        if self._first is not None and layers:
+            cols["g_first"] = [r[self._first] for r in layers]
+            cols["g_last"] = [r[self._last] for r in layers]
+        self.signals.extend(**cols)
+
+    def _catch_up(self, run) -> None:
+        """Steps the engine logged without calling on_log (the chunk in which the loss went NaN)."""
+        last = self.signals.step[-1] if self.signals.step else 0
+        if run.history.last("step", 1) and run.history.last("step", 1)[0] > last:
+            cols = run.history.columns()
+            i = next(k for k, st in enumerate(cols["step"]) if st > last)
+            self._take({k: v[i:] for k, v in cols.items()})
+
+    def _update_ctx(self, run) -> None:
+        if run.config is self._config:
+            return
+        self._config = run.config
+        self.ctx = Context.from_config(
+            run.config, task=getattr(self.task, "task", str(self.task)), loss_name=self.loss_name,
+            baseline=self._baseline, steps_per_epoch=run.steps_per_epoch, has_dropout=self._has_dropout,
+            first_layer=self._names[self._first] if self._first is not None else "",
+            last_layer=self._names[self._last] if self._last is not None else "")
+
+    def _evaluate(self, run, engine, phase: str, diverged: bool = False, step_rules: bool = True) -> None:
+        self._update_ctx(run)
+        raised = {w.code for w in run.warnings}
+        for w in evaluate(self.signals, self.ctx, raised, phase, diverged, step_rules, guard=self._rule_failed):
+            if w.code in raised and phase == "step":
+                continue  # already shown; updated at the epoch end
+            engine.warn(w)
+        if step_rules:
+            self._next_eval = time.perf_counter() + EVAL_SECONDS
+
+    def _rule_failed(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        log.error("a health rule failed; the run goes on without it", exc_info=exc)
+
+    def _trivial_loss(self, engine) -> Optional[float]:
+        src = engine.train_src
+        try:
+            return _BASELINES[src]
+        except (KeyError, TypeError):
+            pass
+        try:
+            _, y = src.sample()
+        except (ValueError, TypeError, RuntimeError):
+            return None
+        n_classes = getattr(self.task, "n_classes", 2)
+        value = trivial_loss(y, getattr(self.task, "task", ""), self.loss_name, n_classes)
+        try:
+            _BASELINES[src] = value
+        except TypeError:
+            pass
+        return value
+
+
+def _has_dropout(engine) -> bool:
+    return any("Dropout" in type(m).__name__ for m in engine.model.modules())

@@ -1,0 +1,173 @@
+"""Rules on the gradients and activations: vanishing, exploding, dead ReLU units.
+
+Each rule is a pure function of (:class:`Signals`, :class:`Context`) that
+returns a :class:`HealthWarning` or None. The gradient rules are gated on the
+loss not improving, as AUTOTRAINER does: a small first-layer gradient or a
+growing gradient norm in a run whose loss falls is not a problem worth a
+warning, and the gate is what keeps healthy runs quiet.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .signals import (Context, Signals, arr, early_level, fmt, improvement, latest_epoch, latest_step,
+                      median, recent_level, round_lr, window)
+from .warning import HealthWarning
+
+# Vanishing: first/last weight-matrix gradient-norm ratio below 1e-3 with the
+# first below 1e-4 (AUTOTRAINER's thresholds). Healthy MLPs and CNNs sit
+# within 1e-1..1e1 of each other; a 10-layer sigmoid net sits near 1e-8.
+VANISH_RATIO = 1e-3
+VANISH_FIRST = 1e-4
+# Exploding: first/last ratio above 70 (AUTOTRAINER), or the gradient norm
+# 100x its value at the start, or non-finite. Healthy runs grow their
+# gradient norm by up to ~10x (logits sharpening); 100x while the loss does
+# not improve is runaway growth.
+EXPLODE_RATIO = 70.0
+EXPLODE_GROWTH = 100.0
+# "The loss is not improving": it fell by less than 10% from the start.
+STALLED = 0.10
+# Dead ReLU: a layer whose units output 0 on every probe example, for at
+# least 70% of its units (DeepDiagnosis / AUTOTRAINER), on two probes in a
+# row (one probe can catch a transient).
+DEAD_FRACTION = 0.70
+# A unit can only be called dead on enough examples: below this many, a unit
+# active on a third of the inputs looks dead on a batch by chance.
+DEAD_MIN_EXAMPLES = 16
+
+
+def _stalled(s: Signals, frac: float = STALLED) -> bool:
+    drop = improvement(early_level(s.loss), recent_level(s.loss))
+    return not (drop >= frac)  # NaN (no data) counts as stalled only together with the other evidence
+
+
+def _dead_layers(probe: dict) -> dict:
+    return {name: d for name, d in (probe.get("dead_relu") or {}).items()
+            if d.get("units", 0) >= 2 and d.get("dead_units", 0.0) >= DEAD_FRACTION}
+
+
+def vanishing_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """First-layer gradients orders of magnitude below the last layer's, loss not improving."""
+    n = min(len(s.g_first), len(s.g_last))
+    if n < 10:
+        return None
+    w = window(n)
+    gf, gl = median(s.g_first[-w:]), median(s.g_last[-w:])
+    if not gl > 0 or not np.isfinite(gf):
+        return None
+    ratio = gf / gl
+    if ratio >= VANISH_RATIO or gf >= VANISH_FIRST * max(1.0, gl):
+        return None
+    if s.probes and _dead_layers(s.probes[-1]):
+        return None  # no gradient passes a dead ReLU layer: dead_relu says why
+    if not _stalled(s):
+        return None
+    return HealthWarning(
+        code="vanishing_gradients", severity="warning",
+        message=(f"first-layer gradient norm {fmt(gf)} vs last layer {fmt(gl)} (ratio {fmt(ratio)}) at epoch "
+                 f"{latest_epoch(s)}, and the loss is not improving ({fmt(early_level(s.loss))} at the start, "
+                 f"{fmt(recent_level(s.loss))} now): the early layers are barely learning"),
+        suggestion=("change the model: ReLU/LeakyReLU/GELU instead of sigmoid/tanh, fewer layers, BatchNorm/"
+                    "LayerNorm or residual connections, He/Xavier initialisation (no training setting fixes "
+                    "this: Adam rescales the tiny steps but a 10-layer sigmoid net still barely learns)"),
+        fix={}, step=latest_step(s), epoch=latest_epoch(s))
+
+
+def exploding_gradients(s: Signals, ctx: Context, diverged: bool = False) -> Optional[HealthWarning]:
+    """Non-finite or runaway gradient norms (or first layer >> last) while the loss does not improve.
+
+    ``diverged``: the loss already went non-finite (the engine said nan_loss);
+    then growth in the last steps before it is the evidence.
+    """
+    g, loss = arr(s.grad_norm), arr(s.loss)
+    n = len(g)
+    fix = _clip_fix(s, ctx)
+    where = f"at step {latest_step(s)} (epoch {latest_epoch(s)})"
+    bad = ~np.isfinite(g) & np.isfinite(loss[:n]) if n else np.zeros(0, bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        return _explode(f"the gradient norm became {g[i]} at step {s.step[i]} while the loss was {fmt(loss[i])}",
+                        fix, s, severity="error")
+    if diverged and n >= 2:
+        g0, peak = float(g[0]), float(np.nanmax(g[-min(10, n):]))
+        if g0 > 0 and peak >= EXPLODE_GROWTH * g0:
+            return _explode(f"the gradient norm grew from {fmt(g0)} at the first step to {fmt(peak)} in the last "
+                            f"steps before the loss became non-finite", fix, s, severity="error")
+        return None
+    if n < 6:
+        return None
+    g0 = median(g[:3])
+    if not g0 > 0:
+        return None
+    w = window(n)
+    g_now = median(g[-w:])
+    stalled = _stalled(s)
+    if g_now >= EXPLODE_GROWTH * g0 and stalled:
+        return _explode(f"the gradient norm grew from {fmt(g0)} at the start to {fmt(g_now)} {where} while the "
+                        f"loss did not improve ({fmt(early_level(s.loss))} → {fmt(recent_level(s.loss))})", fix, s)
+    m = min(len(s.g_first), len(s.g_last))
+    if m >= 10 and stalled:
+        gf, gl = median(s.g_first[-min(w, m):]), median(s.g_last[-min(w, m):])
+        if gl > 0 and gf / gl >= EXPLODE_RATIO and g_now > g0:
+            return _explode(f"first-layer gradient norm {fmt(gf)} vs last layer {fmt(gl)} (ratio {fmt(gf / gl)}) "
+                            f"{where}, growing towards the input, while the loss did not improve", fix, s)
+    return None
+
+
+def _clip_fix(s: Signals, ctx: Context) -> dict:
+    """Clip the global gradient norm at 1.0 (the usual value, and what nan_loss offers) and lower
+    the lr ten times; only the lr when the run already clips."""
+    if ctx.grad_clip > 0:
+        return {"lr": round_lr(ctx.lr / 10)}
+    return {"grad_clip": 1.0, "lr": round_lr(ctx.lr / 10)}
+
+
+def _explode(seen: str, fix: dict, s: Signals, severity: str = "warning") -> HealthWarning:
+    parts = []
+    if "grad_clip" in fix:
+        parts.append(f"clip gradients at {fmt(fix['grad_clip'])}")
+    parts.append(f"lower the learning rate to {fmt(fix['lr'])}")
+    return HealthWarning(
+        code="exploding_gradients", severity=severity, message=seen,
+        suggestion=(" and ".join(parts) + "; if it persists, normalise the inputs and targets, use a smaller "
+                    "weight initialisation, or add normalisation layers"),
+        fix=fix, step=latest_step(s), epoch=latest_epoch(s))
+
+
+def dead_relu(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """A ReLU layer with >= 70% of its units silent on every probe example, on the last two probes."""
+    probes = [p for p in s.probes if p.get("dead_relu")
+              and p.get("examples", min(ctx.batch_size, 256)) >= DEAD_MIN_EXAMPLES]
+    if len(probes) < 2:
+        return None
+    now, before = _dead_layers(probes[-1]), _dead_layers(probes[-2])
+    both = [name for name in now if name in before]
+    if not both:
+        return None
+    name = max(both, key=lambda k: now[k]["dead_units"])
+    d = now[name]
+    first = (probes[0].get("dead_relu") or {}).get(name, {})
+    from_start = first.get("dead_units", 0.0) >= DEAD_FRACTION and probes[0].get("step", 0) <= 1
+    first_ratio = median(list((probes[0].get("update_ratio") or {}).values()))
+    seen = (f"{d['dead_units']:.0%} of the {d['units']} units of ReLU layer '{name}' output 0 for every probe "
+            f"example at epoch {probes[-1].get('epoch')}")
+    others = [k for k in now if k != name]
+    if others:
+        seen += f" (also layer{'s' if len(others) > 1 else ''} {', '.join(repr(k) for k in others)})"
+    if from_start and not (first_ratio > 0.1):
+        return HealthWarning(
+            code="dead_relu", severity="warning",
+            message=seen + ", and they were dead from the first step: no gradient reaches them",
+            suggestion=("change the model or data: check the layer's bias initialisation (large negative biases "
+                        "silence ReLUs), normalise the inputs, or use LeakyReLU/GELU"),
+            fix={}, step=latest_step(s), epoch=latest_epoch(s))
+    lr = round_lr(ctx.lr / 10)
+    return HealthWarning(
+        code="dead_relu", severity="warning",
+        message=seen + (f" (it was {first.get('dead_units', 0.0):.0%} at step {probes[0].get('step')})"
+                        if first else ""),
+        suggestion=(f"large updates pushed the units into the zero region: lower the learning rate to {fmt(lr)}; "
+                    "LeakyReLU or a smaller init also keep units alive"),
+        fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))

@@ -1,0 +1,209 @@
+"""Rules on the step size: learning rate too high, too low, and an oscillating loss.
+
+What is "too high" depends on the optimizer, the model and the data, so none
+of these rules looks at the configured value: they judge what the run does
+(the loss going up instead of down, the weights hardly moving, the loss
+swinging) and only then say which value to try.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from .signals import (Context, Signals, arr, early_level, fmt, improvement, latest_epoch, latest_step, median,
+                      recent_level, round_lr, train_losses)
+from .warning import HealthWarning
+
+# Too high (any of):
+# - early rise: the first epoch's mean train loss is 1.5x the loss of the
+#   first step (before any update); before the first epoch ends, the median
+#   of the next 8 to 50 steps is. A healthy run's loss falls from its first
+#   step; a few overshooting or unlucky small batches do not move a median of
+#   8 (the mean weighs every batch, so it decides once there is one).
+EARLY_RISE = 1.5
+EARLY_STEPS = 8
+# - blow-up: two or more steps with a loss 10x the larger of the initial loss
+#   and the trivial baseline. No healthy batch is 10x worse than guessing.
+BLOWUP = 10.0
+# - slow divergence: the epoch train loss at 2x its best so far, two epochs
+#   running, and by a quarter of the baseline (near convergence a loss of
+#   0.02 doubling to 0.04 is noise, not divergence).
+RISE_EPOCHS = 2.0
+RISE_EPOCHS_ABS = 0.25
+# A rise must also be worth noticing against the loss scale: 10% of the
+# baseline (or of the initial loss when there is no baseline).
+MIN_RISE = 0.1
+# Too low: median update/weight ratio ||dW||/||W|| per step below 1e-4
+# (TheDeepChecker: log10 < -4 is too slow; cs231n's rule of thumb is ~1e-3)
+# and the loss moved less than 5% of its start.
+LOW_RATIO = 1e-4
+LOW_MOVED = 0.05
+# The suggested lr scales the step to the update ratio of healthy runs
+# (medians measured over 180 healthy MLP runs: Adam/AdamW/RMSprop 2e-3..1e-2,
+# SGD 3e-3..9e-2; a step's ratio grows more slowly than the lr, hence the
+# higher target for SGD).
+TARGET_RATIO = 4e-3
+TARGET_RATIO_SGD = 3e-2
+# Oscillation: in the last 12 epochs, at least 2 rises and 2 falls of half
+# the series' level and of a fifth of the baseline (loss), or of 0.2
+# (accuracy, R²), the big moves alternating 3 times. Epoch-to-epoch val-loss
+# noise of a healthy run on a few hundred examples stays under ~40% of its
+# level (measured on moons/sin/regression MLPs with SGD); near convergence
+# the level is tiny, hence the floor relative to the baseline. AUTOTRAINER's
+# 0.03 in accuracy fires on healthy runs with small val sets.
+OSC_WINDOW = 12
+OSC_LOSS_SWING = 0.5
+OSC_LOSS_FLOOR = 0.2
+OSC_METRIC_SWING = 0.20
+OSC_MIN_MOVES = 2
+
+
+def lr_too_high(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """The loss goes up instead of down: early, in bursts 10x above the start, or epoch over epoch."""
+    loss = arr(s.loss)
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 4:
+        return None
+    l0 = float(loss[0])
+    if not l0 > 0:
+        return None
+    ref = ctx.baseline if ctx.baseline and ctx.baseline > 0 else l0
+    # the first step's loss is one batch: a lucky one reads low, so a rise is measured from the
+    # larger of it and the baseline (an untrained model scores about the baseline)
+    start = max(l0, ref)
+    seen = None
+    k = int(min(50, max(EARLY_STEPS, ctx.steps_per_epoch or 20)))
+    early = median(loss[1:k + 1])
+    first_epoch = next((e.get("train_loss") for e in s.epochs if e.get("epoch") == 1), None)
+    if first_epoch is not None and math.isfinite(first_epoch):
+        # the first epoch's mean is the better evidence once there is one: it weighs every batch
+        if first_epoch >= EARLY_RISE * start and first_epoch - start >= MIN_RISE * ref:
+            seen = (f"the loss rose from {fmt(l0)} at the first step to a mean of {fmt(first_epoch)} over "
+                    f"the first epoch")
+    elif len(loss) > k and early >= EARLY_RISE * start and early - start >= MIN_RISE * ref:
+        seen = (f"the loss rose from {fmt(l0)} at the first step to a median of {fmt(early)} over the next "
+                f"{len(loss[1:k + 1])} steps")
+    if seen is None:
+        big = loss >= BLOWUP * max(l0, ref)
+        if int(big.sum()) >= 2:
+            seen = (f"{int(big.sum())} steps had a loss above {fmt(BLOWUP * max(l0, ref))} (peak {fmt(loss.max())}), "
+                    f"against {fmt(l0)} at the first step")
+    if seen is None:
+        # any two epochs in a row at 2x the best before them (the whole run: a rise that later
+        # calms down was still a rise, whenever the rules happen to look)
+        tl = [v for v in train_losses(s.epochs) if math.isfinite(v)]
+        best = tl[0] if tl else float("nan")
+        for i in range(1, len(tl) - 1):
+            low = min(tl[i], tl[i + 1])
+            if best > 0 and low >= RISE_EPOCHS * best and low - best >= RISE_EPOCHS_ABS * ref:
+                seen = (f"the train loss climbed from its best {fmt(best)} to {fmt(tl[i])} and {fmt(tl[i + 1])} "
+                        f"at epochs {i + 1}-{i + 2}")
+                break
+            best = min(best, tl[i])
+    if seen is None:
+        return None
+    lr = round_lr(ctx.lr / 10)
+    return HealthWarning(
+        code="lr_too_high", severity="warning",
+        message=f"{seen} (lr {fmt(ctx.lr)}, {ctx.optimizer}): the steps overshoot",
+        suggestion=f"lower the learning rate to {fmt(lr)}",
+        fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
+
+
+def update_ratio(s: Signals) -> Optional[float]:
+    """Median over probes of the median ||dW||/||W|| of the weight matrices; None without probes.
+
+    Matrices that did not move at all (exactly 0: all-zero weights, no gradient
+    through dead units) say nothing about the step size and are left out; the
+    monitor does not judge the lr when vanishing gradients or dead ReLUs explain
+    the stillness."""
+    per_probe = []
+    for p in s.probes:
+        moved = [v for v in (p.get("update_ratio") or {}).values() if v > 0 and math.isfinite(v)]
+        if moved:
+            per_probe.append(median(moved))
+    return median(per_probe) if per_probe else None
+
+
+def lr_too_low(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """The weights hardly move (update/weight ratio < 1e-4) and the loss barely moves."""
+    tl = [v for v in train_losses(s.epochs[-1:]) if math.isfinite(v)]
+    if len(s.epochs) >= 2 and tl:
+        start, now = early_level(s.loss) if s.loss else s.epochs[0].get("train_loss", float("nan")), tl[-1]
+    elif len(s.loss) >= 30:
+        start, now = early_level(s.loss), recent_level(s.loss)
+    else:
+        return None
+    moved = improvement(start, now)
+    if not (moved < LOW_MOVED):
+        return None
+    if ctx.baseline and now < 0.3 * ctx.baseline:
+        return None  # already good: a small step is fine-tuning, not a fault
+    r = update_ratio(s)  # after the cheap loss checks: it reads every probe
+    if r is None or r >= LOW_RATIO:
+        return None
+    plain = ctx.optimizer in ("sgd", "momentum")
+    factor = min(1e4, max(10.0, (TARGET_RATIO_SGD if plain else TARGET_RATIO) / max(r, 1e-12)))
+    lr = float(f"{min(ctx.lr * factor, 1.0 if plain else 1e-2):.1g}")
+    if lr <= ctx.lr:
+        return None
+    return HealthWarning(
+        code="lr_too_low", severity="warning",
+        message=(f"each step changes the weights by {fmt(r)} of their size (median ||ΔW||/||W||; healthy runs "
+                 f"move 1e-3 to 1e-1) and the loss moved {max(moved, 0):.1%} ({fmt(start)} → {fmt(now)}) by epoch "
+                 f"{latest_epoch(s)} (lr {fmt(ctx.lr)}, {ctx.optimizer})"),
+        suggestion=f"raise the learning rate to {fmt(lr)}",
+        fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
+
+
+def _swings(x: list, threshold: float) -> tuple[int, int, int]:
+    """(big rises, big falls, alternations between consecutive big moves) of a series."""
+    big = [b - a for a, b in zip(x, x[1:]) if abs(b - a) >= threshold]
+    ups = sum(1 for d in big if d > 0)
+    flips = sum(1 for a, b in zip(big, big[1:]) if (a > 0) != (b > 0))
+    return ups, len(big) - ups, flips
+
+
+def loss_oscillation(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """The val loss, train loss or val metric swings up and down by large amounts."""
+    recent = s.epochs[-OSC_WINDOW:]
+    if len(recent) < 5:
+        return None
+    key = "val_r2" if ctx.task == "regression" else "val_accuracy"
+    series = []
+    for label, k, is_loss in (("val loss", "val_loss", True), ("train loss", "train_loss", True),
+                              (key.replace("_", " "), key, False)):
+        x = [e.get(k) for e in recent]
+        if all(v is not None and math.isfinite(v) for v in x):
+            series.append((label, x, is_loss))
+    for label, x, is_loss in series:
+        level = median(x)
+        if is_loss and not level > 0:
+            continue
+        floor = OSC_LOSS_FLOOR * ctx.baseline if ctx.baseline and ctx.baseline > 0 else 0.0
+        threshold = max(OSC_LOSS_SWING * level, floor) if is_loss else OSC_METRIC_SWING
+        ups, downs, flips = _swings(x, threshold)
+        if ups >= OSC_MIN_MOVES and downs >= OSC_MIN_MOVES and flips >= 3:
+            return _oscillation(label, x, ups, downs, threshold, is_loss, s, ctx)
+    return None
+
+
+def _oscillation(label, x, ups, downs, threshold, is_loss, s, ctx) -> HealthWarning:
+    fix = {"lr": round_lr(ctx.lr / 3)}
+    extra = ""
+    if ctx.optimizer == "momentum" and ctx.momentum > 0.95:
+        fix["momentum"] = 0.9
+        extra = " and momentum to 0.9"
+    if ctx.batch_size < 16:
+        fix["batch_size"] = 32
+        extra += " and use batches of 32 (tiny batches give noisy steps)"
+    size = fmt(threshold) + (f" ({threshold / max(median(x), 1e-12):.0%} of its level)" if is_loss else "")
+    shown = ", ".join(fmt(v) for v in x[-8:])
+    return HealthWarning(
+        code="loss_oscillation", severity="warning",
+        message=(f"the {label} swung up {ups} and down {downs} times by more than {size} over the last {len(x)} "
+                 f"epochs ({shown}): the steps bounce across the valley instead of settling"),
+        suggestion=f"lower the learning rate to {fmt(fix['lr'])}{extra}",
+        fix=fix, step=latest_step(s), epoch=latest_epoch(s))

@@ -1,0 +1,240 @@
+"""Health warnings from real training: every code from a small real case, and healthy runs that stay quiet.
+
+Each case trains a tiny model for real through ``Trainer(...).start(...)``
+and reads ``run.warnings``, the way a user (or the held-out scenario suite)
+does. The healthy controls cover every optimizer, with and without weight
+decay, dropout and L1, on classification, binary and regression: none may
+raise anything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nb_trainer as nbt
+
+
+def train(model, data, val=None, **config):
+    t = nbt.Trainer(model, data, val, store=None)
+    run = t.start(**config)
+    t.wait(timeout=120)
+    assert run.done, "the run did not end"
+    return t, run
+
+
+def mlp(n_in, n_out, hidden=(32,), act=nn.ReLU, dropout=None, seed=0, gain=1.0):
+    torch.manual_seed(seed)
+    layers, prev = [], n_in
+    for h in hidden:
+        layers += [nn.Linear(prev, h), act()]
+        if dropout is not None:
+            layers.append(nn.Dropout(dropout))
+        prev = h
+    layers.append(nn.Linear(prev, n_out))
+    model = nn.Sequential(*layers)
+    if gain != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.mul_(gain)
+    return model
+
+
+def _std(x):
+    return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+
+
+def _split(x, y, n_val):
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    return (x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:])
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """4 well-separated classes in 20 features (600 examples)."""
+    from sklearn.datasets import make_classification
+    x, y = make_classification(600, 20, n_informative=8, n_classes=4, n_clusters_per_class=1, class_sep=1.5,
+                               random_state=0)
+    return _split(_std(x), y.astype(np.int64), 150)
+
+
+@pytest.fixture(scope="module")
+def circles():
+    from sklearn.datasets import make_circles
+    x, y = make_circles(600, noise=0.1, factor=0.5, random_state=0)
+    return _split(_std(x), y.astype(np.int64), 150)
+
+
+@pytest.fixture(scope="module")
+def reg():
+    """make_regression, 10 features, standardized targets of shape (N, 1)."""
+    from sklearn.datasets import make_regression
+    x, y = make_regression(600, 10, n_informative=6, noise=10, random_state=0)
+    return _split(_std(x), ((y - y.mean()) / y.std()).astype(np.float32)[:, None], 150)
+
+
+# -- every code from a small real case -------------------------------------------------
+
+def test_nan_loss_and_exploding_gradients_on_unscaled_targets(reg):
+    (x, y), val = reg
+    _, run = train(mlp(10, 1, (64, 64)), (x, y * 1000), (val[0], val[1] * 1000), optimizer="sgd", lr=0.01, epochs=5)
+    assert run.status == "diverged"
+    assert {"nan_loss", "exploding_gradients"} <= set(run.codes)
+    w = run.warning("exploding_gradients")
+    assert "gradient norm grew" in w.message and w.fix["grad_clip"] > 0 and w.fix["lr"] == 0.001
+
+
+def test_vanishing_gradients_in_a_deep_sigmoid_net(blobs):
+    _, run = train(mlp(20, 4, (32,) * 10, act=nn.Sigmoid), *blobs, optimizer="sgd", lr=0.1, epochs=6)
+    assert run.codes == ["vanishing_gradients"]
+    assert "first-layer gradient norm" in run.warnings[0].message
+
+
+def test_dead_relu_from_negative_biases(blobs):
+    model = mlp(20, 4, (64, 64))
+    with torch.no_grad():
+        model[0].bias.fill_(-8.0)
+    _, run = train(model, *blobs, optimizer="adam", lr=1e-3, epochs=5)
+    assert run.codes == ["dead_relu"]
+    assert run.warnings[0].fix == {} and "bias" in run.warnings[0].suggestion
+
+
+def test_dead_relu_and_lr_too_high_from_a_huge_adam_step(reg):
+    _, run = train(mlp(10, 1, (64, 64)), *reg, optimizer="adam", lr=0.3, epochs=8)
+    assert {"lr_too_high", "dead_relu"} <= set(run.codes)
+    assert run.warning("lr_too_high").fix == {"lr": 0.03}
+    assert run.warning("dead_relu").fix == {"lr": 0.03}  # the units died during training: the lr did it
+
+
+def test_lr_too_high_without_divergence(blobs):
+    _, run = train(mlp(20, 4), *blobs, optimizer="adam", lr=1.0, epochs=5)
+    assert run.status == "finished" and "lr_too_high" in run.codes
+    assert run.warning("lr_too_high").fix == {"lr": 0.1}
+
+
+def test_lr_too_low(blobs):
+    _, run = train(mlp(20, 4), *blobs, optimizer="sgd", lr=1e-5, epochs=5)
+    assert run.codes == ["lr_too_low"]
+    assert run.warnings[0].fix["lr"] >= 1e-3
+
+
+def test_overfitting_on_sixty_examples(blobs):
+    (x, y), (xv, yv) = blobs
+    noise = torch.randn(len(x), 80, generator=torch.Generator().manual_seed(0))
+    noise_v = torch.randn(len(xv), 80, generator=torch.Generator().manual_seed(1))
+    x, xv = torch.cat([x, noise], 1), torch.cat([xv, noise_v], 1)
+    _, run = train(mlp(100, 4, (256, 256)), (x[:60], y[:60]), (xv, yv), optimizer="adam", lr=3e-3, epochs=40,
+                   batch_size=16)
+    assert run.codes == ["overfitting"]
+    assert run.warnings[0].fix["weight_decay"] > 0
+
+
+def test_underfitting_and_plateau_of_a_linear_model_on_circles(circles):
+    _, run = train(mlp(2, 2, ()), *circles, optimizer="adam", lr=1e-2, epochs=15)
+    assert set(run.codes) == {"underfitting", "loss_plateau"}
+    assert run.warning("underfitting").fix == {}  # only a model change helps: the suggestion says which
+
+
+def test_underfitting_from_heavy_l1_offers_to_turn_it_off(small_digits):
+    _, run = train(mlp(64, 10, (64,)), *small_digits, optimizer="adamw", lr=1e-3, l1=0.05, epochs=6)
+    assert "underfitting" in run.codes
+    assert run.warning("underfitting").fix == {"l1": 0.0}
+
+
+def test_loss_oscillation_with_momentum_099(reg):
+    _, run = train(mlp(10, 1, (64,)), *reg, optimizer="momentum", lr=0.05, momentum=0.99, epochs=15)
+    assert "loss_oscillation" in run.codes
+    assert run.warning("loss_oscillation").fix["momentum"] == 0.9
+
+
+def test_bad_input_data_fails_the_run_with_the_reason(blobs):
+    (x, y), val = blobs
+    x = x.clone()
+    x[5, 3] = float("nan")
+    _, run = train(mlp(20, 4), (x, y), val, epochs=2)
+    assert run.status == "failed" and run.codes == ["bad_input_data"]
+    assert "column 3" in run.warnings[0].message and "bad_input_data" in str(run.error)
+
+
+def test_label_mismatch_fails_the_run_with_the_reason(blobs):
+    (x, y), (xv, yv) = blobs
+    _, run = train(mlp(20, 4), (x, y + 1), (xv, yv + 1), epochs=2)
+    assert run.status == "failed" and run.codes == ["label_mismatch"]
+    msg = run.warnings[0].message
+    assert "train targets hold class ids from 1 to 4" in msg and "val targets" in msg
+
+
+def test_class_imbalance_warns_and_trains_on(blobs):
+    (x, y), val = blobs
+    keep = torch.cat([torch.nonzero(y == 0).flatten(), torch.nonzero(y == 1).flatten()[:8]])
+    yb = (y[keep] == 1).float().reshape(-1, 1)
+    _, run = train(mlp(20, 1), (x[keep], yb), None, optimizer="adam", lr=3e-3, epochs=5)
+    assert run.status == "finished" and run.codes == ["class_imbalance"]
+    assert "1:" in run.warnings[0].message
+
+
+def test_applying_the_fix_clears_the_warning(blobs):
+    t, run = train(mlp(20, 4), *blobs, optimizer="sgd", lr=1e-5, epochs=5)
+    w = run.warning("lr_too_low")
+    fixed = t.start(**w.fix)
+    t.wait(timeout=60)
+    assert fixed.config.lr == w.fix["lr"] and fixed.warnings == []
+    assert fixed.last["train_loss"] < 0.8 * run.last["train_loss"]  # it learns now
+
+
+# -- healthy controls: nothing at all ----------------------------------------------------
+
+LR = {"sgd": 0.1, "momentum": 0.02, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3}
+REGULARISATION = {"plain": {}, "weight_decay": {"weight_decay": 1e-3}, "dropout": {"dropout": 0.2},
+                  "l1": {"l1": 1e-4}}
+
+
+@pytest.fixture(scope="module")
+def tasks(digits, binary, regression):
+    return {"classification": (digits, 64, 10), "binary": (binary, 30, 1), "regression": (regression, 10, 1)}
+
+
+@pytest.mark.parametrize("reg_name", list(REGULARISATION))
+@pytest.mark.parametrize("optimizer", list(LR))
+@pytest.mark.parametrize("task", ["classification", "binary", "regression"])
+def test_healthy_runs_raise_no_warning(task, optimizer, reg_name, tasks):
+    (train_data, val_data), n_in, n_out = tasks[task]
+    if task == "classification":  # a subset keeps the 60 runs quick
+        train_data = (train_data[0][:600], train_data[1][:600])
+    config = dict(optimizer=optimizer, lr=LR[optimizer], epochs=8, batch_size=32, **REGULARISATION[reg_name])
+    model = mlp(n_in, n_out, (64,), dropout=0.1 if reg_name == "dropout" else None)
+    _, run = train(model, train_data, val_data, **config)
+    assert run.status == "finished"
+    assert run.warnings == [], [str(w) for w in run.warnings]
+
+
+# -- the fault gallery notebook ----------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.kernel
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fault_gallery_is_stored_clean_and_runs_headless(tmp_path, monkeypatch):
+    """Each section asserts that its warning was raised and that the fix made it go away."""
+    import time
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+    path = Path(__file__).resolve().parent.parent / "demo_notebooks" / "03_fault_gallery.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    t0 = time.monotonic()
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert time.monotonic() - t0 < 120
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    codes = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "overfitting", "loss_plateau",
+             "loss_oscillation", "lr_too_high", "lr_too_low", "underfitting", "bad_input_data", "label_mismatch",
+             "class_imbalance")
+    for code in codes:
+        assert f"] {code}:" in text, f"the gallery never shows {code}"
+    assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)

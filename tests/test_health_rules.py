@@ -1,0 +1,537 @@
+"""The health rules on scripted sequences: no training, one behaviour per case.
+
+Each table row is a signal sequence a rule must flag, or a healthy one it
+must leave alone. The sequences are shaped like what the engine records:
+per-step losses and gradient norms, probes, epoch records.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nb_trainer.health import fit, gradients, learning_rate
+from nb_trainer.health.baseline import trivial_loss
+from nb_trainer.health.data_checks import check_balance, check_finite, check_labels, merge_splits, preflight
+from nb_trainer.health.monitor import HealthMonitor, evaluate
+from nb_trainer.health.signals import CAPACITY, EARLY_KEEP, Context, Signals
+from nb_trainer.health.warning import CODES, HealthWarning
+
+LN4 = math.log(4)
+
+
+# -- sequence builders ------------------------------------------------------------
+
+def decay(n, start=LN4, end=0.2, tau=None, noise=0.03, seed=0):
+    """A healthy loss curve: exponential decay from ``start`` to ``end`` with multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    tau = tau or n / 4
+    curve = end + (start - end) * np.exp(-t / tau)
+    return list(curve * (1 + noise * rng.standard_normal(n)))
+
+
+def flat(n, level=LN4, noise=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    return list(level * (1 + noise * rng.standard_normal(n)))
+
+
+def records(train, val=None, **metrics):
+    out = []
+    for i, t in enumerate(train):
+        r = {"epoch": i + 1, "train_loss": t}
+        if val is not None:
+            r["val_loss"] = val[i]
+        for k, v in metrics.items():
+            r[k] = v[i]
+        out.append(r)
+    return out
+
+
+def probe(step, epoch, ratio=1e-3, dead=0.0, units=64, examples=256, layers=("0", "2")):
+    return {"step": step, "epoch": epoch, "update_ratio": {f"{l}.weight": ratio for l in layers},
+            "dead_relu": {"1": {"dead_units": dead, "zero_outputs": dead, "units": units}},
+            "examples": examples}
+
+
+def ctx(**kw):
+    base = dict(task="classification", loss_name="cross_entropy", baseline=LN4, optimizer="adam", lr=1e-3,
+                epochs=10, steps_per_epoch=10)
+    base.update(kw)
+    return Context(**base)
+
+
+def signals(loss, epochs=None, spe=10, grad=None, g_first=None, g_last=None, probes=None):
+    return Signals.from_steps(loss, grad_norm=grad, g_first=g_first, g_last=g_last, epochs=epochs,
+                              probes=probes, steps_per_epoch=spe)
+
+
+def healthy_run(n_epochs=10, spe=10, seed=0):
+    """A healthy classification run: falling loss, grads steady, val tracking train."""
+    loss = decay(n_epochs * spe, seed=seed)
+    tr = [float(np.mean(loss[i * spe:(i + 1) * spe])) for i in range(n_epochs)]
+    va = [t * 1.08 + 0.02 for t in tr]
+    acc = [min(0.97, 0.4 + 0.06 * i) for i in range(n_epochs)]
+    return signals(loss, records(tr, va, val_accuracy=acc), spe=spe,
+                   grad=decay(n_epochs * spe, start=1.0, end=0.5, seed=seed + 1),
+                   g_first=decay(n_epochs * spe, start=0.3, end=0.15, seed=seed + 2),
+                   g_last=decay(n_epochs * spe, start=0.6, end=0.3, seed=seed + 3),
+                   probes=[probe(1, 1, 3e-3, 0.05), probe(40, 4, 1e-3, 0.08), probe(90, 9, 8e-4, 0.1)])
+
+
+# -- healthy runs stay quiet under every rule ------------------------------------
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("phase", ["step", "epoch", "final"])
+def test_healthy_sequences_raise_nothing(seed, phase):
+    assert evaluate(healthy_run(seed=seed), ctx(), phase=phase) == []
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("momentum", 0.02), ("adam", 1e-3), ("adamw", 3e-3),
+                                          ("rmsprop", 1e-3)])
+def test_healthy_regression_sequence_raises_nothing_for_any_optimizer(optimizer, lr):
+    s = healthy_run(seed=3)
+    for e in s.epochs:
+        e.pop("val_accuracy")
+        e["val_r2"] = 1 - e["val_loss"]
+    c = ctx(task="regression", loss_name="mse", baseline=LN4, optimizer=optimizer, lr=lr)
+    assert evaluate(s, c, phase="final") == []
+
+
+# -- lr_too_high -----------------------------------------------------------------
+
+LR_HIGH = [
+    # (what, loss per step, epoch train losses, fires)
+    ("first epoch far above the start", [1.4] + [9.0, 12.0, 8.0, 11.0, 10.0] * 2, [10.0], True),
+    ("two steps 10x the start", decay(40)[:20] + [30.0] + decay(40)[20:30] + [40.0], None, True),
+    ("train loss climbing for two epochs", decay(50), [1.2, 0.6, 0.5, 1.3, 1.6], True),
+    ("healthy decay", decay(50), [1.2, 0.9, 0.7, 0.6, 0.55], False),
+    ("one spike, back at once", decay(40)[:20] + [5.0] + decay(40)[20:], None, False),
+    ("lucky first batch below the baseline", [0.6] + flat(19, 1.3, 0.05), [1.3, 1.25], False),
+    ("tiny loss doubling near convergence", decay(50, end=0.01), [0.5, 0.05, 0.01, 0.025, 0.03], False),
+]
+
+
+@pytest.mark.parametrize("what,loss,train,fires", LR_HIGH, ids=[r[0] for r in LR_HIGH])
+def test_lr_too_high(what, loss, train, fires):
+    eps = records(train) if train else None
+    w = learning_rate.lr_too_high(signals(loss, eps), ctx(lr=0.5))
+    assert (w is not None) == fires
+    if fires:
+        assert w.code == "lr_too_high" and w.fix == {"lr": 0.05}
+        assert "0.5" in w.message  # says the lr it judged
+
+
+# -- lr_too_low ------------------------------------------------------------------
+
+LR_LOW = [
+    ("weights still, loss flat", 1e-6, flat(100), [LN4] * 10, True),
+    ("typical update ratio", 1e-3, flat(100), [LN4] * 10, False),
+    ("small ratio but the loss falls", 5e-5, decay(100), [1.3, 1.0, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.3, 0.3], False),
+    ("small ratio, already good (fine-tuning)", 1e-6, flat(100, 0.05), [0.05] * 10, False),
+]
+
+
+@pytest.mark.parametrize("what,ratio,loss,train,fires", LR_LOW, ids=[r[0] for r in LR_LOW])
+def test_lr_too_low(what, ratio, loss, train, fires):
+    s = signals(loss, records(train), probes=[probe(1, 1, ratio), probe(50, 5, ratio), probe(99, 10, ratio)])
+    w = learning_rate.lr_too_low(s, ctx(optimizer="sgd", lr=1e-5))
+    assert (w is not None) == fires
+    if fires:
+        assert 1e-3 <= w.fix["lr"] <= 0.1  # raised towards the update ratio of healthy runs
+
+
+def test_lr_too_low_ignores_matrices_that_did_not_move_at_all():
+    # all-zero weights (or no gradient) give a ratio of exactly 0: not evidence of a small lr
+    s = signals(flat(100), records([LN4] * 10), probes=[probe(1, 1, 0.0), probe(99, 10, 0.0)])
+    assert learning_rate.lr_too_low(s, ctx()) is None
+
+
+# -- loss_oscillation ---------------------------------------------------------------
+
+OSC = [
+    ("val loss bouncing by its own size", [0.6] * 10, [0.5, 1.2, 0.45, 1.3, 0.5, 1.1, 0.4, 1.25, 0.5, 1.2], None, True),
+    ("val accuracy swinging 0.3", [0.6] * 10, [0.6] * 10, [0.5, 0.85, 0.5, 0.88, 0.45, 0.86, 0.5, 0.9, 0.5, 0.85], True),
+    ("small val noise", [0.6] * 10, [0.62, 0.6, 0.64, 0.59, 0.63, 0.6, 0.61, 0.58, 0.62, 0.6], None, False),
+    ("converged tiny level, large relative noise", [0.02] * 10,
+     [0.02, 0.035, 0.018, 0.03, 0.015, 0.032, 0.02, 0.03, 0.017, 0.03], None, False),
+    ("steadily falling", [1.0 - 0.08 * i for i in range(10)], [1.05 - 0.08 * i for i in range(10)], None, False),
+]
+
+
+@pytest.mark.parametrize("what,train,val,acc,fires", OSC, ids=[r[0] for r in OSC])
+def test_loss_oscillation(what, train, val, acc, fires):
+    metrics = {"val_accuracy": acc if acc else [0.8] * len(train)}
+    w = learning_rate.loss_oscillation(signals(flat(100), records(train, val, **metrics)), ctx(lr=0.3))
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix["lr"] == 0.1
+
+
+def test_oscillation_with_high_momentum_suggests_lower_momentum():
+    s = signals(flat(100), records([0.6] * 10, [0.5, 1.2, 0.45, 1.3, 0.5, 1.1, 0.4, 1.25, 0.5, 1.2],
+                                   val_accuracy=[0.8] * 10))
+    w = learning_rate.loss_oscillation(s, ctx(optimizer="momentum", momentum=0.99, lr=0.05))
+    assert w.fix == {"lr": 0.017, "momentum": 0.9}
+
+
+# -- vanishing / exploding gradients ---------------------------------------------------
+
+def test_vanishing_gradients_fire_with_tiny_first_layer_and_flat_loss():
+    s = signals(flat(80), g_first=[3e-9] * 80, g_last=[0.7] * 80)
+    w = gradients.vanishing_gradients(s, ctx(optimizer="sgd", lr=0.1))
+    assert w is not None and "3e-09" in w.message and "0.7" in w.message
+    assert w.fix == {} and "sigmoid" in w.suggestion  # the model has to change
+
+
+VANISH_QUIET = [
+    ("loss improving (Adam moves small gradients)", decay(80), 3e-9, 0.7, None),
+    ("ratio 0.1 is normal", flat(80), 0.07, 0.7, None),
+    ("a dead ReLU layer explains it", flat(80), 0.0, 0.7, [probe(1, 1, dead=1.0), probe(70, 7, dead=1.0)]),
+]
+
+
+@pytest.mark.parametrize("what,loss,gf,gl,probes", VANISH_QUIET, ids=[r[0] for r in VANISH_QUIET])
+def test_vanishing_gradients_quiet(what, loss, gf, gl, probes):
+    s = signals(loss, g_first=[gf] * 80, g_last=[gl] * 80, probes=probes)
+    assert gradients.vanishing_gradients(s, ctx()) is None
+
+
+EXPLODE = [
+    ("non-finite gradient norm", flat(20), [1.0] * 10 + [math.inf] + [1.0] * 9, False, True),
+    ("norm 1000x the start, loss stuck", flat(60), list(np.geomspace(0.5, 2000, 60)), False, True),
+    ("norm 1000x but the loss falls", decay(60), list(np.geomspace(0.5, 2000, 60)), False, False),
+    ("steady norm", flat(60), [0.5] * 60, False, False),
+    ("grew 1e4x before the NaN", decay(8)[:3] + [3.0, 40.0, 900.0], [1.0, 1.2, 5.0, 80.0, 2e3, 1e4], True, True),
+    ("NaN without growth", [1.0, 0.9, 0.8], [1.0, 1.0, 1.1], True, False),
+]
+
+
+@pytest.mark.parametrize("what,loss,grad,diverged,fires", EXPLODE, ids=[r[0] for r in EXPLODE])
+def test_exploding_gradients(what, loss, grad, diverged, fires):
+    s = signals(loss, grad=grad)
+    w = gradients.exploding_gradients(s, ctx(lr=0.1, optimizer="sgd"), diverged=diverged)
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix["lr"] == 0.01 and w.fix["grad_clip"] > 0
+
+
+def test_exploding_gradients_with_clipping_on_lowers_the_lr_only():
+    s = signals(flat(60), grad=list(np.geomspace(0.5, 2000, 60)))
+    w = gradients.exploding_gradients(s, ctx(lr=0.1, grad_clip=1.0))
+    assert w.fix == {"lr": 0.01}
+
+
+def test_exploding_gradients_fire_on_first_layer_70x_the_last():
+    s = signals(flat(60), grad=list(np.linspace(1, 3, 60)), g_first=[200.0] * 60, g_last=[1.0] * 60)
+    assert gradients.exploding_gradients(s, ctx()) is not None
+
+
+# -- dead_relu -----------------------------------------------------------------------
+
+def test_dead_relu_from_the_start_says_model_not_lr():
+    s = signals(flat(50), probes=[probe(1, 1, 1e-3, dead=1.0), probe(30, 3, dead=1.0), probe(50, 5, dead=1.0)])
+    w = gradients.dead_relu(s, ctx())
+    assert w is not None and w.fix == {} and "first step" in w.message and "100%" in w.message
+
+
+def test_dead_relu_appearing_during_training_suggests_lower_lr():
+    s = signals(flat(50), probes=[probe(1, 1, dead=0.05), probe(30, 3, dead=0.8), probe(50, 5, dead=0.9)])
+    w = gradients.dead_relu(s, ctx(lr=0.5))
+    assert w is not None and w.fix == {"lr": 0.05} and "5%" in w.message
+
+
+DEAD_QUIET = [
+    ("one probe only", [probe(1, 1, dead=1.0)]),
+    ("half dead", [probe(1, 1, dead=0.5), probe(30, 3, dead=0.5)]),
+    ("dead once, recovered", [probe(1, 1, dead=0.9), probe(30, 3, dead=0.1)]),
+    ("too few examples to tell", [probe(1, 1, dead=0.9, examples=4), probe(30, 3, dead=0.9, examples=4)]),
+]
+
+
+@pytest.mark.parametrize("what,probes", DEAD_QUIET, ids=[r[0] for r in DEAD_QUIET])
+def test_dead_relu_quiet(what, probes):
+    assert gradients.dead_relu(signals(flat(50), probes=probes), ctx()) is None
+
+
+# -- overfitting -------------------------------------------------------------------
+
+OVERFIT = [
+    ("val rising, train falling", [1.2, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03], [1.2, 0.9, 0.75, 0.78, 0.9, 1.0, 1.1, 1.2],
+     True),
+    ("val flat far above a train loss going to 0", [1.3, 0.9, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.003, 0.002, 0.001],
+     [1.3, 1.0, 0.8, 0.62, 0.6, 0.6, 0.61, 0.6, 0.6, 0.61, 0.6, 0.61], True),
+    ("val tracks train", [1.2, 0.8, 0.5, 0.3, 0.2, 0.15, 0.12, 0.1], [1.25, 0.85, 0.55, 0.35, 0.26, 0.2, 0.18, 0.16],
+     False),
+    ("one noisy val epoch", [1.2, 0.8, 0.5, 0.3, 0.2, 0.15, 0.12, 0.1], [1.2, 0.9, 0.6, 0.4, 0.33, 0.6, 0.3, 0.31],
+     False),
+    ("mild drift from the first epoch", [0.65, 0.55, 0.5, 0.47, 0.45, 0.44, 0.43, 0.42], [0.53, 0.55, 0.56, 0.58, 0.6,
+                                                                                          0.61, 0.62, 0.62], False),
+]
+
+
+@pytest.mark.parametrize("what,train,val,fires", OVERFIT, ids=[r[0] for r in OVERFIT])
+def test_overfitting(what, train, val, fires):
+    w = fit.overfitting(signals(flat(10), records(train, val)), ctx(baseline=1.0))
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix["weight_decay"] > 0 and w.fix["patience"] >= 3
+
+
+def test_overfitting_fix_raises_existing_weight_decay_and_dropout():
+    s = signals(flat(10), records([1.2, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03], [1.2, 0.9, 0.75, 0.78, 0.9, 1.0, 1.1, 1.2]))
+    w = fit.overfitting(s, ctx(baseline=1.0, weight_decay=1e-4, has_dropout=True, dropout=0.1))
+    assert w.fix == {"weight_decay": 1e-3, "dropout": 0.3, "patience": 3}
+
+
+def test_overfitting_is_left_to_early_stopping_when_it_is_on():
+    s = signals(flat(10), records([1.2, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03], [1.2, 0.9, 0.75, 0.78, 0.9, 1.0, 1.1, 1.2]))
+    assert fit.overfitting(s, ctx(baseline=1.0, patience=5)) is None  # it stops and restores the best weights
+
+
+# -- underfitting / plateau ------------------------------------------------------------
+
+UNDER = [
+    ("stuck at the baseline", [1.40, 1.39, 1.388, 1.387, 1.387, 1.386], [1.39] * 6, True, True),
+    ("stuck, judged before the end", [1.40, 1.39, 1.388, 1.387, 1.387, 1.386], [1.39] * 6, False, False),
+    ("near the baseline but still falling fast", [1.38, 1.33, 1.28, 1.23, 1.18, 1.13], [1.37, 1.32, 1.27, 1.22, 1.17, 1.12],
+     True, False),
+    ("half the baseline (a noisy problem converged)", [0.8, 0.7, 0.7, 0.69, 0.69, 0.69], [0.75, 0.72, 0.71, 0.7, 0.7, 0.7],
+     True, False),
+]
+
+
+@pytest.mark.parametrize("what,train,val,final,fires", UNDER, ids=[r[0] for r in UNDER])
+def test_underfitting(what, train, val, final, fires):
+    w = fit.underfitting(signals(flat(60), records(train, val)), ctx(), final=final)
+    assert (w is not None) == fires
+
+
+def test_underfitting_from_regularisation_suggests_less_of_it():
+    s = signals(flat(60), records([1.39] * 6, [1.39] * 6))
+    w = fit.underfitting(s, ctx(weight_decay=0.5, l1=1e-3, dropout=0.9), final=True)
+    assert w.fix == {"weight_decay": 0.005, "l1": 0.0, "dropout": 0.1}
+
+
+def test_underfitting_message_has_the_numbers():
+    w = fit.underfitting(signals(flat(60), records([1.39] * 6, [1.38] * 6)), ctx(), final=True)
+    assert "1.39" in w.message and "1.38" in w.message and f"{LN4:.3g}" in w.message
+
+
+PLATEAU = [
+    ("flat at 80% of the baseline for 6 epochs", [1.3, 1.2, 1.15, 1.12] + [1.12] * 6, True),
+    ("flat at 50% of the baseline (a noisy problem, converged)", [1.3, 1.0, 0.8, 0.7] + [0.7] * 6, False),
+    ("still improving 5% an epoch", [1.3 * 0.95 ** i for i in range(10)], False),
+    ("flat at a good level", [1.3, 0.5, 0.2, 0.1] + [0.1] * 6, False),
+    ("too short to tell", [1.3, 1.0, 0.97, 0.97], False),
+]
+
+
+@pytest.mark.parametrize("what,train,fires", PLATEAU, ids=[r[0] for r in PLATEAU])
+def test_loss_plateau(what, train, fires):
+    w = fit.loss_plateau(signals(flat(100), records(train, [t + 0.01 for t in train])), ctx(epochs=12))
+    assert (w is not None) == fires
+
+
+def test_plateau_with_plain_sgd_suggests_momentum():
+    train = [1.3, 1.2, 1.15, 1.12] + [1.12] * 6
+    w = fit.loss_plateau(signals(flat(100), records(train, train)), ctx(epochs=12, optimizer="sgd"))
+    assert w.fix == {"optimizer": "momentum", "momentum": 0.9}
+
+
+# -- evaluate(): causes before symptoms ----------------------------------------------------
+
+def _stuck_vanishing():
+    loss = flat(100)
+    return signals(loss, records([LN4] * 10, [LN4] * 10, val_accuracy=[0.25] * 10), g_first=[1e-9] * 100,
+                   g_last=[0.5] * 100, probes=[probe(1, 1, 1e-6), probe(50, 5, 1e-6), probe(99, 10, 1e-6)])
+
+
+def test_a_cause_silences_its_symptoms():
+    codes = [w.code for w in evaluate(_stuck_vanishing(), ctx(optimizer="sgd", lr=0.1), phase="final")]
+    # still weights and a flat loss near the baseline follow from the vanishing gradients
+    assert codes == ["vanishing_gradients"]
+
+
+def test_symptoms_show_when_no_cause_is_found():
+    s = signals(flat(100), records([LN4] * 10, [LN4] * 10, val_accuracy=[0.25] * 10))
+    codes = {w.code for w in evaluate(s, ctx(epochs=10), phase="final")}
+    assert codes == {"underfitting", "loss_plateau"}
+
+
+def test_every_rule_warning_is_a_known_code():
+    for w in evaluate(_stuck_vanishing(), ctx(), phase="final"):
+        assert isinstance(w, HealthWarning) and w.code in CODES
+
+
+# -- the monitor as an engine callback ------------------------------------------------------
+
+class FakeEngine:
+    def __init__(self, run, y):
+        from nb_trainer.data import TensorSource
+        self.run_ = run
+        self.params = [torch.zeros(8, 4), torch.zeros(8), torch.zeros(4, 8)]
+        self.param_names = ["0.weight", "0.bias", "2.weight"]
+        self.dropout_p = {}
+        self.train_src = TensorSource(torch.zeros(len(y), 4), y, "cpu", torch.float32)
+        self.model = torch.nn.Sequential()
+        self.warned = []
+
+    def warn(self, w):
+        self.warned.append(w.code)
+        return self.run_.add_warning(w)[0]
+
+
+def test_monitor_raises_once_then_updates_at_epoch_ends():
+    from nb_trainer.config import TrainConfig
+    from nb_trainer.run import Run
+    run = Run(TrainConfig(optimizer="sgd", lr=0.1, epochs=5))
+    run.steps_per_epoch, run.status = 10, "running"
+    engine = FakeEngine(run, torch.arange(400) % 4)
+    m = HealthMonitor(type("T", (), {"task": "classification", "n_classes": 4})(), "cross_entropy")
+    m.on_run_start(run, engine)
+    assert m.ctx.baseline == pytest.approx(LN4)
+    step = 0
+    for epoch in range(1, 6):
+        for _ in range(5):  # five logs of two steps
+            n = [step + 1, step + 2]
+            step += 2
+            m._next_eval = 0.0  # evaluate at every log (the real one waits EVAL_SECONDS)
+            m.on_log(run, engine, {"step": n, "epoch": [epoch] * 2, "loss": [LN4] * 2, "grad_norm": [0.5] * 2,
+                                   "lr": [0.1] * 2, "layer_norms": [[1e-9, 1e-3, 0.5]] * 2})
+        m._next_eval = 0.0  # as if each epoch took longer than EVAL_SECONDS
+        m.on_epoch_end(run, engine, {"epoch": epoch, "train_loss": LN4, "val_loss": LN4})
+    run.status = "finished"
+    m.on_run_end(run, engine)
+    assert run.codes == ["vanishing_gradients"]
+    # raised at the first log that shows it, then updated only at the 5 epoch ends and the end: not at every log
+    assert engine.warned.count("vanishing_gradients") == 1 + 5 + 1
+    assert run.warning("vanishing_gradients").count == 7 and "epoch 5" in run.warning("vanishing_gradients").message
+
+
+def test_signals_thin_the_middle_and_keep_the_start():
+    s = Signals()
+    s.extend(step=list(range(CAPACITY + 10)), loss=list(range(CAPACITY + 10)))
+    assert len(s.loss) < CAPACITY and s.loss[:EARLY_KEEP] == list(range(EARLY_KEEP))
+    assert s.loss[-1] == CAPACITY + 9
+
+
+# -- the trivial baseline, against scikit-learn -----------------------------------------------
+
+def test_trivial_loss_of_classes_is_log_loss_of_the_prior():
+    from sklearn.metrics import log_loss
+    y = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
+    prior = np.bincount(y.numpy()) / len(y)
+    expected = log_loss(y.numpy(), np.tile(prior, (len(y), 1)))
+    assert trivial_loss(y, "classification", "cross_entropy", 3) == pytest.approx(expected)
+
+
+def test_trivial_loss_of_binary_targets_is_log_loss_of_the_rate():
+    from sklearn.metrics import log_loss
+    y = torch.tensor([1.0] * 30 + [0.0] * 70).reshape(-1, 1)
+    assert trivial_loss(y, "binary", "bce") == pytest.approx(log_loss(y.numpy().ravel(), np.full(100, 0.3)))
+
+
+def test_trivial_loss_of_regression_is_mse_of_the_mean():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+    rng = np.random.default_rng(0)
+    y = rng.normal(3.0, 2.0, size=(200, 2))
+    t = torch.tensor(y)
+    assert trivial_loss(t, "regression", "mse") == pytest.approx(mean_squared_error(y, np.tile(y.mean(0), (200, 1))))
+    assert trivial_loss(t, "regression", "mae") == pytest.approx(
+        mean_absolute_error(y, np.tile(np.median(y, 0), (200, 1))))
+    assert trivial_loss(t, "regression", "my_loss") is None
+
+
+# -- pre-flight data checks ---------------------------------------------------------------
+
+class Task:
+    def __init__(self, task, n_outputs, output_shape=None):
+        self.task, self.n_outputs = task, n_outputs
+        self.output_shape = output_shape or (n_outputs,)
+
+    @property
+    def n_classes(self):
+        return self.n_outputs if self.task == "classification" else 2
+
+
+def test_nan_and_inf_counted_per_split_with_columns():
+    x = torch.zeros(50, 6)
+    x[3, 2] = float("nan")
+    x[7, 2] = float("nan")
+    x[9, 5] = float("inf")
+    (w, fatal), = check_finite("train", x, torch.zeros(50))
+    assert fatal and w.code == "bad_input_data"
+    assert "3 NaN and Inf values" in w.message and "in 3 of 50 examples" in w.message
+    assert "columns 2, 5" in w.message
+    (wv, fatal_v), = check_finite("val", x, torch.zeros(50))
+    assert wv.message.startswith("val inputs") and not fatal_v
+
+
+def test_nan_targets_are_reported_as_targets():
+    y = torch.zeros(20, 1)
+    y[4] = float("nan")
+    (w, _), = check_finite("train", torch.zeros(20, 3), y)
+    assert "targets contain 1 NaN value" in w.message
+
+
+LABELS = [
+    ("class id 10 with 10 outputs", torch.arange(12) % 11, Task("classification", 10), "from 0 to 10"),
+    ("negative class id", torch.tensor([-1, 0, 1, 2]), Task("classification", 3), "from -1 to 2"),
+    ("class ids stored as floats", torch.tensor([0.0, 1.0, 2.0]), Task("classification", 3), "float32"),
+    ("BCE target 2", torch.tensor([[0.0], [1.0], [2.0]]), Task("binary", 1), "not all 0 or 1"),
+    ("regression (N,) against output (N, 1)", torch.randn(10), Task("regression", 1, (1,)), "broadcast"),
+]
+
+
+@pytest.mark.parametrize("what,y,task,needle", LABELS, ids=[r[0] for r in LABELS])
+def test_label_mismatch(what, y, task, needle):
+    found = check_labels("train", y, task, {"classification": "cross_entropy", "binary": "bce"}.get(task.task, "mse"))
+    assert found and all(f for _, f in found)  # fatal: the loss would raise or train on the wrong thing
+    assert found[0][0].code == "label_mismatch" and needle in found[0][0].message
+
+
+def test_matching_labels_pass():
+    assert check_labels("train", torch.arange(30) % 3, Task("classification", 3), "cross_entropy") == []
+    assert check_labels("train", torch.randn(10, 1), Task("regression", 1), "mse") == []
+    assert check_labels("train", (torch.arange(10) % 2).float().reshape(-1, 1), Task("binary", 1), "bce") == []
+
+
+def test_class_imbalance_reports_counts():
+    y = torch.tensor([0] * 190 + [1] * 10)
+    (w, fatal), = check_balance("train", y, Task("classification", 2))
+    assert not fatal and w.code == "class_imbalance"
+    assert "0: 190" in w.message and "1: 10" in w.message and "1:19" in w.message
+
+
+def test_mild_imbalance_and_one_hot_targets_are_not_flagged():
+    assert check_balance("train", torch.tensor([0] * 80 + [1] * 20), Task("classification", 2)) == []
+    one_hot = torch.eye(10)[torch.arange(200) % 10]  # balanced, but 9 zeros per row
+    assert check_balance("train", one_hot, Task("classification", 10)) == []
+
+
+def test_preflight_of_clean_data_is_empty():
+    x, y = torch.randn(100, 4), torch.arange(100) % 4
+    assert preflight("train", x, y, Task("classification", 4), "cross_entropy") == []
+
+
+def test_train_and_val_findings_of_a_code_become_one_warning():
+    x = torch.zeros(20, 3)
+    x[0, 1] = float("nan")
+    found = preflight("train", x, torch.arange(20) % 2, Task("classification", 2), "cross_entropy")
+    found += preflight("val", x[:10], torch.arange(10) % 2, Task("classification", 2), "cross_entropy")
+    (w, fatal), = merge_splits(found)
+    assert fatal and w.message.startswith("train inputs") and "; val inputs" in w.message
+
+
+def test_a_failing_rule_is_handed_to_the_guard_and_the_others_still_run(monkeypatch):
+    def broken(s, ctx):
+        raise ZeroDivisionError("a bug in one rule")
+    monkeypatch.setattr(gradients, "dead_relu", broken)
+    errors = []
+    found = evaluate(_stuck_vanishing(), ctx(), phase="final", guard=errors.append)
+    assert [w.code for w in found] == ["vanishing_gradients"] and isinstance(errors[0], ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError):  # without a guard (tests, scripts) it surfaces
+        evaluate(_stuck_vanishing(), ctx(), phase="final")
