@@ -15,13 +15,14 @@ import numpy as np
 from .signals import Context, Signals, fmt, latest_epoch, latest_step, round_lr
 from .warning import HealthWarning
 
-# Overfitting: the val loss (median of 3 epochs) has risen 25% above its best
+# Overfitting: the val loss (median of 3 epochs) has risen 20% above its best
 # and by a tenth of the baseline, stayed 10% above it for the last 3 epochs
 # (one bad epoch is noise on a small val set), while the train loss fell 10%
 # or more since that best epoch, so the gap between them widened. A 64-unit
-# MLP on the 442-example diabetes data drifts up ~20% / 0.1 of its baseline
+# MLP on the 442-example diabetes data trained 40 epochs at lr 3e-3 rises 24%
+# (val R² 0.39 -> 0.25) and fires; one drifting up ~15% / 0.1 of its baseline
 # and stays quiet; a net memorising 60 examples rises 40% and fires.
-OVERFIT_RISE = 0.25
+OVERFIT_RISE = 0.20
 OVERFIT_ABS = 0.10
 OVERFIT_HOLD = 0.10
 OVERFIT_EPOCHS = 3
