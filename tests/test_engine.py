@@ -476,3 +476,30 @@ def test_a_runs_history_does_not_grow_past_its_capacity(small_digits, make_mlp):
     assert run.step == 1024
     assert len(run.history) <= 64
     assert run.history.columns("step")["step"][-1] == 1024
+
+
+def test_costly_gradient_norms_are_taken_every_kth_step_and_the_last_step_always(
+        small_digits, make_mlp, monkeypatch):
+    import nb_trainer.engine as engine
+    monkeypatch.setattr(engine, "NORM_SHARE", 1e-9)  # any cost is too much: the widest stride
+    t = trainer(make_mlp(64, 10, hidden=8), small_digits)
+    run = t.start(epochs=2, batch_size=8)  # 64 steps
+    t.wait(timeout=30)
+    steps = run.history.columns("step")["step"]
+    assert run.status == "finished"
+    assert steps[-1] == run.step == 64
+    assert len(steps) < run.step  # sampled, not every step
+    later = [s for s in steps if s > engine.NORM_CALIBRATION[1]]
+    gaps = {b - a for a, b in zip(later, later[1:])}
+    assert max(gaps) <= engine.NORM_MAX_STRIDE
+    # the loss of every step still counts: the epoch's train loss is the mean over all of them
+    assert run.epochs[-1]["train_loss"] > 0
+
+
+def test_gradient_clipping_takes_the_norm_at_every_step(small_digits, make_mlp, monkeypatch):
+    import nb_trainer.engine as engine
+    monkeypatch.setattr(engine, "NORM_SHARE", 1e-9)
+    t = trainer(make_mlp(64, 10, hidden=8), small_digits)
+    run = t.start(epochs=1, batch_size=8, grad_clip=1.0)
+    t.wait(timeout=30)
+    assert run.history.columns("step")["step"] == list(range(1, run.step + 1))
