@@ -224,19 +224,19 @@ def test_regression_demo_runs_in_a_real_kernel(kernel_env, tmp_path):
     ex = execute(work / "02_regression.ipynb", work)
     nb = ex.nb
     first = ex.text(_code_index(nb, "run = t.wait()"))
-    assert "'finished'" in first and "val_r2" in first
-    r2_first = float(re.search(r"'val_r2': (-?[0-9.]+)", first).group(1))
+    assert first.startswith("finished") and "overfitting" in first, first   # the health rules saw it
+    r2_first = float(re.search(r"val R² (-?[0-9.]+)", first).group(1))
     assert r2_first > 0, first                   # better than predicting the mean
-    second = ex.text(_code_index(nb, "optimizer=\"momentum\""))
-    r2 = float(re.search(r"val R² (-?[0-9.]+)", second).group(1))
-    assert r2 > 0, second                        # better than predicting the mean
+    second = ex.text(_code_index(nb, "t.start(**fix)"))
+    assert "weight_decay 0 → 0.001" in second and "early stopping" in second, second
+    r2 = float(re.search(r"val R² of the restored best weights: (-?[0-9.]+)", second).group(1))
+    assert r2 > r2_first, second                 # the fix recovered the overfitted val R²
     assert ex.text(_code_index(nb, "%nbruns")).count("nbt-run-row") == 2
 
     state = models(nb.metadata)
     rows = run_rows(state)
-    assert len(rows) == 2 and all(r.endswith("finished") for r in rows), rows
-    assert "optimizer=momentum" in rows[0], rows[0]
-    assert dropdown_value(one(state, "nbt-optimizer")) == "momentum"
+    assert len(rows) == 2 and rows[0].endswith("stopped") and rows[1].endswith("finished"), rows
+    assert "weight_decay=0.001" in rows[0] and "patience=3" in rows[0], rows[0]
     assert one(state, "nbt-dropout")["state"]["disabled"]        # no nn.Dropout in this model
     assert "no nn.Dropout" in one(state, "nbt-dropout")["state"]["tooltip"]
     assert image_bytes(one(state, "nbt-plot")).startswith(PNG_MAGIC)
