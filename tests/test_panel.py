@@ -196,3 +196,28 @@ def test_plot_gets_png_frames(trainer):
     trainer.start(lr=0.02)
     trainer.wait()
     assert wait_until(lambda: panel.plot.value != first, timeout=20)
+
+
+def test_find_lr_button_shows_curve_and_sets_the_slider(trainer):
+    panel = trainer.panel()
+    panel.buttons["lr_find"].click()
+    assert wait_until(lambda: "suggested lr" in panel.lr_text.value or "failed" in panel.lr_text.value, timeout=60)
+    assert "suggested lr" in panel.lr_text.value, panel.lr_text.value
+    assert panel.lr_plot.value[:8] == b"\x89PNG\r\n\x1a\n"
+    suggestion = panel._suggested_lr
+    assert suggestion is not None and 1e-7 < suggestion < 10
+    assert not trainer.runs  # the finder trains a copy: no run
+    panel.use_lr.click()
+    assert panel.controls["lr"].value == pytest.approx(suggestion)
+    assert wait_until(lambda: len(trainer.runs) == 1, timeout=5)
+    assert trainer.runs[-1].config.lr == pytest.approx(suggestion)
+    trainer.wait()
+
+
+def test_code_button_shows_a_snippet_that_reproduces_the_run(trainer):
+    panel = trainer.panel()
+    trainer.start(lr=0.02, optimizer="sgd")
+    trainer.wait()
+    panel.refresh()
+    panel.code_button.click()
+    assert 'optimizer="sgd"' in panel.export_text.value and "lr=0.02" in panel.export_text.value

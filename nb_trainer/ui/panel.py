@@ -238,16 +238,16 @@ class Panel(W.VBox):
         except Exception as e:  # shown in the panel: the button's thread has no caller to raise to
             self.lr_text.value = f"<span style='color:#cf222e'>LR finder failed: {type(e).__name__}: {e}</span>"
             return
+        try:  # the picture first, so that it is there when the suggestion appears
+            self.lr_plot.value = result.png()
+            self.lr_plot.layout.display = None
+        except Exception as e:  # the suggestion stands without its picture
+            log.warning("could not draw the LR finder curve: %s", e)
         self._suggested_lr = result.suggestion
         note = f"<br><span style='color:#9a6700'>{getattr(result, 'warning', '')}</span>" \
             if getattr(result, "noisy", False) else ""
         self.lr_text.value = f"suggested lr: <b>{result.suggestion:.2g}</b>{note}"
         self.use_lr.layout.display = None
-        try:
-            self.lr_plot.value = result.png()
-            self.lr_plot.layout.display = None
-        except Exception as e:  # the suggestion stands without its picture
-            log.warning("could not draw the LR finder curve: %s", e)
 
     def _show_code(self) -> None:
         run = self._selected_run()
