@@ -49,10 +49,11 @@ class FieldSpec:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         what = "an integer" if self.kind == "int" else "a number"
         parts = []
+        fmt = (lambda x: str(int(x))) if self.kind == "int" else _fmt
         if self.low is not None:
-            parts.append(("> " if self.low_open else ">= ") + _fmt(self.low))
+            parts.append(("> " if self.low_open else ">= ") + fmt(self.low))
         if self.high is not None:
-            parts.append(("< " if self.high_open else "<= ") + _fmt(self.high))
+            parts.append(("< " if self.high_open else "<= ") + fmt(self.high))
         text = what + (" " + " and ".join(parts) if parts else "")
         if self.nullable:
             text += ", or None"

@@ -53,12 +53,18 @@ def check_finite(split: str, x: torch.Tensor, y: torch.Tensor) -> list:
     return out
 
 
+def _shape(per_example) -> str:
+    """``(N,)``, ``(N, 1)``: a batch shape as people write it."""
+    dims = ["N"] + [str(d) for d in per_example]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
     """Targets against the task and the model's output (``task``: a TaskInfo)."""
     out = []
     custom_loss = loss_name not in ("cross_entropy", "bce", "mse", "mae", "huber")
     n_out = task.n_outputs
-    out_shape = ("N",) + tuple(task.output_shape)
+    out_shape = _shape(task.output_shape)
 
     def mismatch(message, suggestion):
         out.append((HealthWarning(code="label_mismatch", severity="error", message=message,
@@ -72,7 +78,7 @@ def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
                          "pass the targets as integers, e.g. y.long()")
             return out
         if y.dim() != 1:
-            mismatch(f"{split} targets have shape {('N',) + tuple(y.shape[1:])}; for a model with output "
+            mismatch(f"{split} targets have shape {_shape(y.shape[1:])}; for a model with output "
                      f"{out_shape} cross-entropy needs class ids of shape (N,)",
                      "flatten the targets, e.g. y.reshape(-1) (or y.squeeze(1))")
             return out
@@ -93,7 +99,7 @@ def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
             mismatch(f"{split} targets are not all 0 or 1 (seen e.g. {vals}) for a model with one output",
                      "for more than two classes give the model one output per class")
         if not custom_loss and tuple(y.shape[1:]) != tuple(task.output_shape):
-            mismatch(f"{split} targets have shape {('N',) + tuple(y.shape[1:])} but the model's output is "
+            mismatch(f"{split} targets have shape {_shape(y.shape[1:])} but the model's output is "
                      f"{out_shape}; binary cross-entropy needs the same shape",
                      "reshape the targets to the output's shape, e.g. y.reshape(-1, 1).float()"
                      if len(task.output_shape) == 1 else "reshape the targets or the model's output to match")
@@ -104,7 +110,7 @@ def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
                  "pass float targets (y.float()), or task='classification' with one output per class")
         return out
     if not custom_loss and tuple(y.shape[1:]) != tuple(task.output_shape):
-        mismatch(f"{split} targets have shape {('N',) + tuple(y.shape[1:])} but the model's output is "
+        mismatch(f"{split} targets have shape {_shape(y.shape[1:])} but the model's output is "
                  f"{out_shape}: the loss would broadcast them to (N, N) and train on the wrong thing",
                  "reshape the targets to the output's shape, e.g. y.reshape(-1, 1)"
                  if tuple(task.output_shape) == (1,) and y.dim() == 1 else
