@@ -8,6 +8,7 @@ once a step. Stop, pause and live changes are flags checked once a step.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -247,7 +248,7 @@ class Engine:
     def _setup(self) -> None:
         run, cfg, model = self.run_, self.config, self.model
         for w, fatal in self.data_warnings:
-            self.warn(w)
+            self.warn(dataclasses.replace(w, fix=dict(w.fix)))  # each run its own copy, updated on its own
         fatal = [w for w, f in self.data_warnings if f]
         if fatal:
             raise TrainingDataError("; ".join(f"{w.code}: {w.message}" for w in fatal))

@@ -503,3 +503,18 @@ def test_gradient_clipping_takes_the_norm_at_every_step(small_digits, make_mlp, 
     run = t.start(epochs=1, batch_size=8, grad_clip=1.0)
     t.wait(timeout=30)
     assert run.history.columns("step")["step"] == list(range(1, run.step + 1))
+
+
+def test_each_run_gets_its_own_copy_of_the_data_warnings(small_digits, make_mlp):
+    (x, y), val = small_digits
+    y = y.clone()
+    y[: len(y) * 9 // 10] = 0  # class 0 dominates: a class_imbalance warning on every run
+    t = trainer(make_mlp(64, 10, hidden=8), ((x, y), val))
+    first = t.start(epochs=1)
+    t.wait()
+    second = t.start(epochs=1)
+    t.wait()
+    a, b = first.warning("class_imbalance"), second.warning("class_imbalance")
+    assert a is not None and b is not None and a is not b
+    b.message = "changed"
+    assert a.message != "changed"
