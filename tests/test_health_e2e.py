@@ -8,6 +8,8 @@ raise anything.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -238,3 +240,66 @@ def test_fault_gallery_is_stored_clean_and_runs_headless(tmp_path, monkeypatch):
     for code in codes:
         assert f"] {code}:" in text, f"the gallery never shows {code}"
     assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+# -- scenarios of the held-out check (benchmarks/health_heldout.py), each a fraction of a second --------
+
+@pytest.fixture(scope="module")
+def heldout():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "health_heldout.py"
+    spec = importlib.util.spec_from_file_location("health_heldout", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["health_heldout"] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("health_heldout", None)
+
+
+def _scenario_run(heldout, name, seed):
+    sc = next(s for s in heldout.SCENARIOS if s.name == name)
+    heldout.SEED = seed
+    model, data, val, config = sc.build()
+    _, run = train(model, data, val, **dict(config, seed=seed))
+    return sc, run
+
+
+HELDOUT_FAULTS = [
+    # (scenario, seed, what the rule change behind it is)
+    ("f_dead_functional_relu", 0, "F.relu has no module to probe: exactly-zero first-layer gradients say dead units"),
+    ("f_vanish_sigmoid10_adam", 0, "the loss only came down to the baseline: no progress, so the gradient rule looks"),
+    ("f_explode_deep_linear", 0, "NaN at step 2: the first loss 9000x the baseline says the forward pass overflowed"),
+    ("f_high_momentum_gru", 0, "the train loss stays above the start and the baseline, bouncing"),
+    ("f2_high_sgd_bars", 1, "the same at SGD lr 10 on a CNN, whose units also die"),
+    ("f_osc_rmsprop_multireg", 2, "the val loss spikes 7-12x its level three times"),
+    ("f_under_heavy_wd_multireg", 0, "weight decay 0.5 holds R² at 0.4: underfitting at 60% of the baseline"),
+    ("f_low_momentum_multireg", 1, "batch noise of the first steps no longer hides a loss that does not move"),
+]
+
+
+@pytest.mark.parametrize("name,seed,why", HELDOUT_FAULTS, ids=[f[0] for f in HELDOUT_FAULTS])
+def test_heldout_fault_is_caught_with_nothing_untrue_beside_it(heldout, name, seed, why):
+    sc, run = _scenario_run(heldout, name, seed)
+    assert sc.expect in run.codes, (why, run.codes)
+    assert set(run.codes) <= {sc.expect, *sc.allow}, run.codes
+
+
+HELDOUT_HEALTHY = [
+    ("h2_bars_gelu_gap_momentum", 0),  # a slow start (val loss creeping down at ln 2) is not a plateau
+    ("h2_bars_gelu_gap_momentum", 1),
+    ("h_cnn_adam", 0),
+    ("h_gru_binary", 0),
+    ("h_cancer_ce_dataloader", 0),     # a DataLoader with its own batch size
+    ("h_moons_numpy64_adam", 0),       # numpy float64 in, float (N, 1) targets
+    ("h2_tokens_embedding_adam", 0),   # int64 token inputs, an embedding as the first matrix
+    ("h2_residual_mlp_adam", 0),       # a user's module with torch.relu
+    ("h_noisy_binary_early_stopping", 0),
+]
+
+
+@pytest.mark.parametrize("name,seed", HELDOUT_HEALTHY, ids=[f"{n}-s{s}" for n, s in HELDOUT_HEALTHY])
+def test_heldout_healthy_run_raises_nothing(heldout, name, seed):
+    _, run = _scenario_run(heldout, name, seed)
+    assert run.status in ("finished", "stopped")
+    assert run.warnings == [], [str(w) for w in run.warnings]

@@ -535,3 +535,174 @@ def test_a_failing_rule_is_handed_to_the_guard_and_the_others_still_run(monkeypa
     assert [w.code for w in found] == ["vanishing_gradients"] and isinstance(errors[0], ZeroDivisionError)
     with pytest.raises(ZeroDivisionError):  # without a guard (tests, scripts) it surfaces
         evaluate(_stuck_vanishing(), ctx(), phase="final")
+
+
+# -- cases found by the held-out scenarios (benchmarks/health_heldout.py) ----------------------------
+
+LN2 = math.log(2)
+
+
+def test_vanishing_gradients_when_the_loss_only_came_down_to_the_baseline():
+    # an off-centre untrained net starts above the baseline; learning the output bias is no progress
+    loss = [0.86, 0.84, 0.8, 0.75] + flat(76, LN2, 0.005)
+    s = signals(loss, g_first=[2e-9] * 80, g_last=[0.3] * 80)
+    w = gradients.vanishing_gradients(s, ctx(baseline=LN2))
+    assert w is not None and w.code == "vanishing_gradients"
+
+
+def test_vanishing_gradients_quiet_when_the_loss_falls_below_the_baseline():
+    loss = [0.86, 0.84, 0.8, 0.75] + decay(76, start=0.69, end=0.3)
+    s = signals(loss, g_first=[2e-9] * 80, g_last=[0.3] * 80)
+    assert gradients.vanishing_gradients(s, ctx(baseline=LN2)) is None
+
+
+ZERO_FIRST = [
+    # (what, loss, g_first, probes, dead_relu fires)
+    ("F.relu layer dead: exactly 0, loss stuck, nothing to probe", flat(80), [0.0] * 80, None, True),
+    ("zero on a few steps only", flat(80), [0.0, 0.3, 0.2, 0.25] * 20, None, False),
+    ("loss near 0: every gradient underflows", decay(80, start=0.5, end=1e-9, tau=5), [0.0] * 80, None, False),
+    ("the probes see the model's ReLUs and find them alive", flat(80), [0.0] * 80,
+     [probe(1, 1, dead=0.0), probe(70, 7, dead=0.0)], False),
+]
+
+
+@pytest.mark.parametrize("what,loss,gf,probes,fires", ZERO_FIRST, ids=[r[0] for r in ZERO_FIRST])
+def test_dead_units_seen_in_exactly_zero_first_layer_gradients(what, loss, gf, probes, fires):
+    s = signals(loss, g_first=gf, g_last=[0.06] * 80, probes=probes)
+    w = gradients.dead_relu(s, ctx(first_layer="fc1.weight"))
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix == {} and "'fc1.weight'" in w.message and "exactly 0" in w.message
+    # exactly zero is never reported as a (tiny) vanishing gradient
+    assert gradients.vanishing_gradients(signals(flat(80), g_first=[0.0] * 80, g_last=[0.06] * 80), ctx()) is None
+
+
+EXPLODE_AT_ONCE = [
+    # (what, finite losses before the NaN, gradient norms, baseline, fires)
+    ("first loss 9000x the baseline", [9.07e3], [1e5], 1.0, True),
+    ("first loss 3e16x the baseline", [3.1e16], [1e18], 1.0, True),
+    ("NaN from a normal start, no growth", [1.2], [0.8], 1.0, False),
+    ("no baseline to compare with", [9.07e3], [1e5], None, False),
+]
+
+
+@pytest.mark.parametrize("what,loss,grad,base,fires", EXPLODE_AT_ONCE, ids=[r[0] for r in EXPLODE_AT_ONCE])
+def test_exploding_gradients_when_the_run_overflows_within_a_step(what, loss, grad, base, fires):
+    w = gradients.exploding_gradients(signals(loss, grad=grad), ctx(baseline=base, optimizer="sgd", lr=0.01),
+                                      diverged=True)
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix == {"grad_clip": 1.0, "lr": 0.001} and "first step" in w.message
+
+
+def test_lr_too_low_judges_epoch_means_not_single_batches():
+    # three batches of 32 read 1.19, 1.10, 0.86; the epoch means barely move
+    loss = [1.19, 1.10, 0.86] + flat(77, 1.0, 0.1)
+    s = signals(loss, records([1.005, 1.005, 1.004, 1.004, 1.003]),
+                probes=[probe(1, 1, 3e-6), probe(40, 4, 3e-6), probe(79, 5, 3e-6)])
+    w = learning_rate.lr_too_low(s, ctx(task="regression", loss_name="mse", baseline=1.0, optimizer="momentum",
+                                        lr=1e-6))
+    assert w is not None and w.fix["lr"] > 1e-6
+
+
+WORSE = [
+    # (what, first losses, epoch train losses, fires)
+    ("above the start and the baseline, bouncing", [0.72, 0.68, 0.7], [0.74, 0.74, 0.86, 0.98, 0.87, 1.16], True),
+    ("a CNN at lr 10, bouncing", [0.69, 0.99, 0.9], [0.91, 1.05, 0.92, 0.93, 1.24, 0.92], True),
+    ("stuck at a biased start, lucky first batch", [0.74, 0.86, 0.85], [0.857, 0.858, 0.856, 0.857, 0.857, 0.856],
+     False),
+    ("healthy: below the baseline after the first epoch", [0.7, 0.69, 0.68], [0.6, 0.4, 0.3, 0.25, 0.22, 0.2], False),
+    ("too few epochs to tell", [0.72, 0.68, 0.7], [0.74, 0.9, 1.1], False),
+]
+
+
+@pytest.mark.parametrize("what,first,train,fires", WORSE, ids=[r[0] for r in WORSE])
+def test_lr_too_high_when_the_loss_stays_worse_than_guessing(what, first, train, fires):
+    s = signals(first + flat(57, train[-1], 0.02), records(train))
+    w = learning_rate.lr_too_high(s, ctx(baseline=LN2, optimizer="momentum", lr=3.0))
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix == {"lr": 0.3} and "constant prediction" in w.message
+
+
+SPIKES = [
+    # (what, val losses, fires)
+    ("val loss spiking 6-25x its level, 3 times", [0.3, 0.07, 0.05, 0.04, 0.05, 0.18, 0.05, 0.03, 0.04, 0.03, 0.04,
+                                                   0.03, 0.2, 0.51, 0.02, 0.01, 0.03, 0.02], True),
+    ("one spike, back at once", [0.3, 0.07, 0.05, 0.04, 0.05, 0.05, 0.04, 0.21, 0.05, 0.04, 0.05, 0.04], False),
+    ("tiny level, large relative spikes (0.03 of the baseline)", [0.2, 0.02, 0.004, 0.002, 0.025, 0.0013, 0.001,
+                                                                  0.0045, 0.037, 0.0014, 0.002, 0.0022], False),
+    ("a bump lasting several epochs, then back", [0.8, 0.5, 0.23, 0.14, 0.13, 0.1, 0.11, 0.12, 0.16, 0.17, 0.16,
+                                                  0.13, 0.05, 0.03, 0.02], False),
+    ("noisy small val set, 2x swings", [0.56, 0.22, 0.3, 0.27, 0.13, 0.23, 0.1, 0.09, 0.1, 0.08, 0.15, 0.12, 0.09,
+                                        0.14, 0.26], False),
+]
+
+
+@pytest.mark.parametrize("what,val,fires", SPIKES, ids=[r[0] for r in SPIKES])
+def test_loss_oscillation_from_repeated_spikes(what, val, fires):
+    train = [v * 0.9 for v in val]
+    s = signals(flat(10 * len(val)), records(train, val, val_accuracy=[0.9] * len(val)))
+    w = learning_rate.loss_oscillation(s, ctx(baseline=1.0, optimizer="rmsprop", lr=0.03))
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix == {"lr": 0.01} and "spiked" in w.message
+
+
+def test_overfitting_needs_the_train_loss_to_have_fallen_not_one_epoch_at_zero():
+    # a train loss swinging up to 1.3 (momentum 0.98) has not fallen because its latest epoch read 0
+    train = [0.55, 0.044, 0.03, 0.047, 0.047, 0.08, 0.09, 0.026, 0.014, 1.19, 0.7, 0.94, 1.26, 0.0]
+    val = [0.05, 0.044, 0.018, 0.15, 0.14, 0.32, 0.47, 0.6, 2.77, 0.71, 1.57, 2.25, 8.3, 2.0]
+    assert fit.overfitting(signals(flat(10), records(train, val)), ctx(baseline=1.1)) is None
+
+
+def test_overfitting_is_not_raised_on_top_of_an_lr_that_overshoots():
+    train, val = [1.2, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03], [1.2, 0.9, 0.75, 0.78, 0.9, 1.0, 1.1, 1.2]
+    s = signals(flat(80), records(train, val))
+    assert "overfitting" in {w.code for w in evaluate(s, ctx(baseline=1.0), phase="epoch", step_rules=False)}
+    for cause in ("lr_too_high", "loss_oscillation"):
+        found = evaluate(s, ctx(baseline=1.0), raised={cause}, phase="epoch", step_rules=False)
+        assert "overfitting" not in {w.code for w in found}
+
+
+PLATEAU_DESCENT = [
+    # (what, val losses, fires)
+    ("creeping down below the baseline every epoch (a slow start)", [0.6928, 0.6921, 0.6915, 0.69, 0.6885, 0.6865,
+                                                                     0.6854], False),
+    ("creeping down towards the baseline from above (the bias settling)", [0.7036, 0.7022, 0.7011, 0.70, 0.6992,
+                                                                            0.6985, 0.6978], True),
+    ("flat with noise both ways", [0.6935, 0.6931, 0.6933, 0.693, 0.6932, 0.6929, 0.6931], True),
+]
+
+
+@pytest.mark.parametrize("what,val,fires", PLATEAU_DESCENT, ids=[r[0] for r in PLATEAU_DESCENT])
+def test_plateau_leaves_a_steady_descent_alone(what, val, fires):
+    s = signals(flat(70, LN2), records([v + 0.001 for v in val], val))
+    assert (fit.loss_plateau(s, ctx(baseline=LN2, epochs=12)) is not None) == fires
+
+
+HEAVY = [
+    # (what, config, train/val level as a share of the baseline, fires)
+    ("weight decay 0.5 with adam, R² 0.4", dict(optimizer="adam", weight_decay=0.5), 0.6, True),
+    ("weight decay 0.1 with momentum", dict(optimizer="momentum", weight_decay=0.1), 0.6, True),
+    ("usual weight decay, a noisy problem at 60%", dict(optimizer="adam", weight_decay=1e-3), 0.6, False),
+    ("adamw's usual 0.1 is not heavy", dict(optimizer="adamw", weight_decay=0.1), 0.6, False),
+    ("heavy, but the model fits well anyway", dict(optimizer="adam", weight_decay=0.5), 0.3, False),
+]
+
+
+@pytest.mark.parametrize("what,config,level,fires", HEAVY, ids=[r[0] for r in HEAVY])
+def test_underfitting_under_heavy_regularisation(what, config, level, fires):
+    tr = [1.0, 0.8] + [level] * 6
+    s = signals(flat(80), records(tr, [t * 0.95 for t in tr]))
+    w = fit.underfitting(s, ctx(task="regression", loss_name="mse", baseline=1.0, **config), final=True)
+    assert (w is not None) == fires
+    if fires:
+        assert w.fix["weight_decay"] < config["weight_decay"]
+
+
+def test_heavy_regularisation_is_not_called_vanishing_gradients():
+    # weights shrunk towards 0 make the early gradients tiny: the regulariser's doing
+    s = signals(flat(80), g_first=[1e-7] * 80, g_last=[0.2] * 80)
+    assert gradients.vanishing_gradients(s, ctx(optimizer="momentum", weight_decay=1.0)) is None
+    assert gradients.vanishing_gradients(s, ctx(optimizer="momentum")) is not None

@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from .signals import (Context, Signals, arr, early_level, fmt, improvement, latest_epoch, latest_step,
-                      median, recent_level, round_lr, window)
+from .signals import (Context, Signals, arr, early_level, fmt, heavy_regularisation, improvement, latest_epoch,
+                      latest_step, median, recent_level, round_lr, window)
 from .warning import HealthWarning
 
 # Vanishing: first/last weight-matrix gradient-norm ratio below 1e-3 with the
@@ -27,7 +27,11 @@ VANISH_FIRST = 1e-4
 # not improve is runaway growth.
 EXPLODE_RATIO = 70.0
 EXPLODE_GROWTH = 100.0
-# "The loss is not improving": it fell by less than 10% from the start.
+# "The loss is not improving": it fell by less than 10% from the start, or from the
+# trivial baseline when the start was worse than that (an untrained net whose outputs
+# are off-centre starts above the baseline; learning the output bias brings it down to
+# the baseline without learning anything from the inputs: a 10-layer sigmoid net on
+# circles goes 0.86 -> 0.693 = ln 2 and stays there).
 STALLED = 0.10
 # Dead ReLU: a layer whose units output 0 on every probe example, for at
 # least 70% of its units (DeepDiagnosis / AUTOTRAINER), on two probes in a
@@ -36,16 +40,54 @@ DEAD_FRACTION = 0.70
 # A unit can only be called dead on enough examples: below this many, a unit
 # active on a third of the inputs looks dead on a batch by chance.
 DEAD_MIN_EXAMPLES = 16
+# Dead units seen in the gradients: the first weight matrix's gradient is exactly 0 on
+# most recent steps while the last layer's is not. Only units that output a constant 0
+# for every example of the batch pass exactly no gradient (a sigmoid/tanh net's
+# vanishing gradient is tiny, never exactly 0), so this sees dead ReLUs the probes
+# cannot: F.relu called in a user's forward() has no module to hook.
+ZERO_GRAD_SHARE = 0.5
+# A forward pass that already overflows: in a run that diverged, a first-step loss
+# 100x the trivial baseline means the activations (and so the gradients) were blowing
+# up before any update (a 10-layer linear net at 1.5x gain starts at 9e3 x the
+# baseline, a ReLU RNN with a 3x recurrent matrix at 3e16 x), and the NaN follows
+# within a step or two, too soon for a growth ratio to be measured.
+EXPLODE_INIT_LOSS = 100.0
 
 
-def _stalled(s: Signals, frac: float = STALLED) -> bool:
-    drop = improvement(early_level(s.loss), recent_level(s.loss))
+def _stalled(s: Signals, frac: float = STALLED, baseline: Optional[float] = None) -> bool:
+    start = early_level(s.loss)
+    if baseline is not None and baseline > 0 and start > baseline:
+        start = baseline  # coming down to the baseline is no progress (see STALLED)
+    drop = improvement(start, recent_level(s.loss))
     return not (drop >= frac)  # NaN (no data) counts as stalled only together with the other evidence
 
 
 def _dead_layers(probe: dict) -> dict:
     return {name: d for name, d in (probe.get("dead_relu") or {}).items()
             if d.get("units", 0) >= 2 and d.get("dead_units", 0.0) >= DEAD_FRACTION}
+
+
+def _latest_dead_probe(s: Signals) -> Optional[dict]:
+    """The latest probe that looked at dead units (update-ratio-only probes have none)."""
+    for p in reversed(s.probes):
+        if p.get("dead_relu"):
+            return p
+    return None
+
+
+def _zero_first_gradient(s: Signals) -> Optional[tuple]:
+    """(zero steps, steps, last-layer norm) when the first matrix got exactly 0 gradient on
+    most of the recent steps while the last did not; else None."""
+    n = min(len(s.g_first), len(s.g_last))
+    if n < 10:
+        return None
+    w = window(n)
+    gf, gl = s.g_first[-w:], s.g_last[-w:]
+    zeros = sum(1 for v in gf if v == 0.0)
+    last = median(gl)
+    if zeros < ZERO_GRAD_SHARE * w or not last > 0:
+        return None
+    return zeros, w, last
 
 
 def vanishing_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
@@ -60,9 +102,14 @@ def vanishing_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     ratio = gf / gl
     if ratio >= VANISH_RATIO or gf >= VANISH_FIRST * max(1.0, gl):
         return None
-    if s.probes and _dead_layers(s.probes[-1]):
+    probe = _latest_dead_probe(s)
+    if probe is not None and _dead_layers(probe):
         return None  # no gradient passes a dead ReLU layer: dead_relu says why
-    if not _stalled(s):
+    if _zero_first_gradient(s) is not None:
+        return None  # exactly 0 is dead units, not a small gradient: dead_relu says so
+    if heavy_regularisation(ctx):
+        return None  # the regulariser shrank the later weights: underfitting says so, with its fix
+    if not _stalled(s, baseline=ctx.baseline):
         return None
     return HealthWarning(
         code="vanishing_gradients", severity="warning",
@@ -90,6 +137,12 @@ def exploding_gradients(s: Signals, ctx: Context, diverged: bool = False) -> Opt
         i = int(np.argmax(bad))
         return _explode(f"the gradient norm became {g[i]} at step {s.step[i]} while the loss was {fmt(loss[i])}",
                         fix, s, severity="error")
+    base = ctx.baseline
+    if diverged and n >= 1 and base and base > 0 and loss[0] >= EXPLODE_INIT_LOSS * base:
+        l0, g0 = float(loss[0]), float(g[0])
+        return _explode(f"the loss was already {fmt(l0)} at the first step, {fmt(l0 / base)}x the {fmt(base)} of a "
+                        f"constant prediction, with a gradient norm of {fmt(g0)}, and it became non-finite a few "
+                        f"steps later: the activations overflow from the start", fix, s, severity="error")
     if diverged and n >= 2:
         g0, peak = float(g[0]), float(np.nanmax(g[-min(10, n):]))
         if g0 > 0 and peak >= EXPLODE_GROWTH * g0:
@@ -103,7 +156,7 @@ def exploding_gradients(s: Signals, ctx: Context, diverged: bool = False) -> Opt
         return None
     w = window(n)
     g_now = median(g[-w:])
-    stalled = _stalled(s)
+    stalled = _stalled(s, baseline=ctx.baseline)
     if g_now >= EXPLODE_GROWTH * g0 and stalled:
         return _explode(f"the gradient norm grew from {fmt(g0)} at the start to {fmt(g_now)} {where} while the "
                         f"loss did not improve ({fmt(early_level(s.loss))} → {fmt(recent_level(s.loss))})", fix, s)
@@ -137,11 +190,12 @@ def _explode(seen: str, fix: dict, s: Signals, severity: str = "warning") -> Hea
 
 
 def dead_relu(s: Signals, ctx: Context) -> Optional[HealthWarning]:
-    """A ReLU layer with >= 70% of its units silent on every probe example, on the last two probes."""
+    """A ReLU layer with >= 70% of its units silent on every probe example, on the last two probes;
+    or (no ReLU module to probe) a first weight matrix that gets exactly zero gradient."""
     probes = [p for p in s.probes if p.get("dead_relu")
               and p.get("examples", min(ctx.batch_size, 256)) >= DEAD_MIN_EXAMPLES]
     if len(probes) < 2:
-        return None
+        return _dead_from_gradients(s, ctx) if not probes else None
     now, before = _dead_layers(probes[-1]), _dead_layers(probes[-2])
     both = [name for name in now if name in before]
     if not both:
@@ -171,3 +225,21 @@ def dead_relu(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         suggestion=(f"large updates pushed the units into the zero region: lower the learning rate to {fmt(lr)}; "
                     "LeakyReLU or a smaller init also keep units alive"),
         fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
+
+
+def _dead_from_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """Dead units seen in the gradients (see ZERO_GRAD_SHARE), for models the probes cannot see into.
+    Only while the loss is not improving: a loss at 1e-10 makes every gradient underflow to 0 too."""
+    found = _zero_first_gradient(s)
+    if found is None or not _stalled(s, baseline=ctx.baseline):
+        return None
+    zeros, w, last = found
+    first = f"'{ctx.first_layer}'" if ctx.first_layer else "the first weight matrix"
+    return HealthWarning(
+        code="dead_relu", severity="warning",
+        message=(f"{first} got a gradient of exactly 0 on {zeros} of the last {w} steps (last layer: {fmt(last)}) at "
+                 f"epoch {latest_epoch(s)}: the units after it output 0 for every example, so no gradient reaches "
+                 f"it (dead ReLUs; F.relu in forward() is not probed, the gradients show it)"),
+        suggestion=("change the model or data: check the bias initialisation of the layers before the ReLUs (large "
+                    "negative biases silence them), normalise the inputs, or use LeakyReLU/GELU"),
+        fix={}, step=latest_step(s), epoch=latest_epoch(s))

@@ -95,6 +95,22 @@ class Context:
         return cls(**{f: getattr(config, f) for f in fields}, **kw)
 
 
+# Heavy regularisation: 100x the usual strength. Weight decay >= 0.1 (coupled L2:
+# sgd, momentum, adam, rmsprop; usual 1e-4..1e-3), >= 1.0 with adamw (decoupled,
+# usual 1e-2..1e-1), or L1 >= 1e-2. It holds the loss up (underfitting) and
+# shrinks the weights towards 0, which makes the early layers' gradients tiny
+# (the product of the later, shrunken weights): that is the regulariser's doing,
+# not a vanishing-gradient architecture.
+HEAVY_WD = 0.1
+HEAVY_WD_ADAMW = 1.0
+HEAVY_L1 = 1e-2
+
+
+def heavy_regularisation(ctx: "Context") -> bool:
+    return (ctx.weight_decay >= (HEAVY_WD_ADAMW if ctx.optimizer == "adamw" else HEAVY_WD)
+            or ctx.l1 >= HEAVY_L1)
+
+
 # -- statistics ---------------------------------------------------------------
 
 def arr(values) -> np.ndarray:
