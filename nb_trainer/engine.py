@@ -186,6 +186,7 @@ class Engine:
         self._probe_cost = 0.0
         self._last_dead_t = -PROBE_SECONDS  # the first probe looks for dead units too
         self.norm_stride = 1               # gradient norms every this many steps (see NORM_SHARE)
+        self._no_grad = torch.zeros((), device=self.device)
         self._norm_seconds = 0.0
         self._state_tensors: list = []
         self._reset_pending()
@@ -302,7 +303,9 @@ class Engine:
 
             sampled = run.step % self.norm_stride == 0 or cfg.grad_clip > 0
             if sampled:
-                grads = [p.grad for p in params if p.grad is not None]
+                # one entry per parameter, so the norms line up with layer_names (a parameter the
+                # loss did not reach this step has no gradient: its norm is 0)
+                grads = [p.grad if p.grad is not None else self._no_grad for p in params]
                 if calib_start <= run.step < calib_end:
                     t_norm = time.perf_counter()
                     # one 0-d tensor per parameter; stacked, and the global norm taken, once per log
@@ -313,7 +316,8 @@ class Engine:
                 if cfg.grad_clip > 0:
                     # the same scaling as clip_grad_norm_, without a second norm pass
                     grad_norm = torch.linalg.vector_norm(torch.stack(layer_norms))
-                    torch._foreach_mul_(grads, (cfg.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
+                    torch._foreach_mul_([p.grad for p in params if p.grad is not None],
+                                        (cfg.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
 
             probing = self.diagnostics and time.perf_counter() >= next_probe
             before = [w.detach().clone() for w in self.matrices] if probing else None
@@ -363,7 +367,7 @@ class Engine:
         if not self._sampled or self._sampled[-1] != n - 1:
             # the gradients of the latest step are still in place: take its norms, so that the
             # history always ends at the latest step
-            grads = [p.grad for p in self.params if p.grad is not None]
+            grads = [p.grad if p.grad is not None else self._no_grad for p in self.params]
             if grads:
                 self._layers.append(torch._foreach_norm(grads))
                 self._sampled.append(n - 1)

@@ -518,3 +518,25 @@ def test_each_run_gets_its_own_copy_of_the_data_warnings(small_digits, make_mlp)
     assert a is not None and b is not None and a is not b
     b.message = "changed"
     assert a.message != "changed"
+
+
+def test_layer_norms_line_up_with_layer_names_when_a_module_gets_no_gradient(small_digits):
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(64, 10)
+            self.unused = nn.Linear(3, 3)  # never called: its parameters never get a gradient
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    t = trainer(WithUnused(), small_digits)
+    run = t.start(epochs=1, grad_clip=1.0)
+    t.wait(timeout=30)
+    assert run.status == "finished", run.error
+    names = run.history.layer_names
+    rows = run.history.columns("layer_norms")["layer_norms"]
+    assert names == ["used.weight", "used.bias", "unused.weight", "unused.bias"]
+    assert all(len(r) == 4 for r in rows)
+    assert all(r[2] == 0.0 and r[3] == 0.0 and r[0] > 0 for r in rows)
