@@ -349,10 +349,25 @@ def _stuck_vanishing():
                    g_last=[0.5] * 100, probes=[probe(1, 1, 1e-6), probe(50, 5, 1e-6), probe(99, 10, 1e-6)])
 
 
-def test_a_cause_silences_its_symptoms():
-    codes = [w.code for w in evaluate(_stuck_vanishing(), ctx(optimizer="sgd", lr=0.1), phase="final")]
-    # still weights and a flat loss near the baseline follow from the vanishing gradients
-    assert codes == ["vanishing_gradients"]
+def test_a_cause_takes_over_its_symptoms():
+    found = evaluate(_stuck_vanishing(), ctx(optimizer="sgd", lr=0.1), phase="final")
+    by_code = {w.code: w for w in found}
+    # the flat loss is shown, but as the cause's symptom, with the cause's fix (none: the model
+    # must change), not plain SGD's "switch to momentum"; underfitting is not raised on top
+    assert [w.code for w in found] == ["vanishing_gradients", "loss_plateau"]
+    plateau = by_code["loss_plateau"]
+    assert plateau.fix == by_code["vanishing_gradients"].fix == {}
+    assert plateau.suggestion.startswith("the likely cause is vanishing gradients")
+
+
+def test_a_plateau_from_a_too_low_lr_offers_the_lr_increase():
+    from nb_trainer.health.monitor import evaluate as monitor_evaluate
+    s = signals(flat(100), records([LN4] * 10, [LN4] * 10, val_accuracy=[0.25] * 10))
+    low = HealthWarning("lr_too_low", "warning", "updates 1e-6 of the weights", "raise lr", fix={"lr": 0.01})
+    found = monitor_evaluate(s, ctx(epochs=10), raised={"lr_too_low": low}, phase="final")
+    plateau = next(w for w in found if w.code == "loss_plateau")
+    assert plateau.fix == {"lr": 0.01} and "lr too low" in plateau.suggestion
+    assert "underfitting" not in {w.code for w in found}
 
 
 def test_symptoms_show_when_no_cause_is_found():
@@ -532,7 +547,8 @@ def test_a_failing_rule_is_handed_to_the_guard_and_the_others_still_run(monkeypa
     monkeypatch.setattr(gradients, "dead_relu", broken)
     errors = []
     found = evaluate(_stuck_vanishing(), ctx(), phase="final", guard=errors.append)
-    assert [w.code for w in found] == ["vanishing_gradients"] and isinstance(errors[0], ZeroDivisionError)
+    assert [w.code for w in found] == ["vanishing_gradients", "loss_plateau"]
+    assert isinstance(errors[0], ZeroDivisionError)
     with pytest.raises(ZeroDivisionError):  # without a guard (tests, scripts) it surfaces
         evaluate(_stuck_vanishing(), ctx(), phase="final")
 

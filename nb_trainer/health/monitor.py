@@ -46,7 +46,8 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
              step_rules: bool = True, guard: Optional[Callable] = None) -> list:
     """The warnings the rules give now. ``phase``: "step" (gradient and early-loss rules),
     "epoch" (all rules) or "final" (all, underfitting judged on the whole run).
-    ``raised``: codes the run already has (suppresses symptoms of a raised cause).
+    ``raised``: codes the run already has, or {code: warning} (a plateau with a raised cause takes
+    that cause's fix; underfitting is not raised on top of a cause).
     ``step_rules=False`` skips the rules that scan whole step columns (exploding gradients, lr too
     high: the monitor ran them recently). ``guard(exc)``: called with a rule's exception instead
     of raising it, and the other rules still run (the monitor's: a rule's bug on odd data must not
@@ -67,9 +68,21 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
     if phase == "step":
         return found
     codes = set(raised) | {w.code for w in found}
-    if not codes & set(CAUSES):  # the symptoms: plateau and underfitting
-        for check in (lambda: fit.loss_plateau(s, ctx), lambda: fit.underfitting(s, ctx, final=phase == "final")):
-            _run(check, found, guard)
+    causes = [c for c in CAUSES if c in codes]
+    # a plateau is what the user sees, whatever its cause: raised with the cause's fix when a
+    # cause is known (two warnings offering opposite lr changes would be worse than one)
+    plateau: list = []
+    _run(lambda: fit.loss_plateau(s, ctx), plateau, guard)
+    if plateau and causes:
+        cause = next((w for w in found if w.code == causes[0]), None) or \
+            (raised.get(causes[0]) if isinstance(raised, dict) else None)
+        w = plateau[0]
+        w.suggestion = f"the likely cause is {causes[0].replace('_', ' ')}" + (
+            f": {cause.suggestion}" if cause is not None else "")
+        w.fix = dict(cause.fix) if cause is not None else {}
+    found += plateau
+    if not causes:  # underfitting is the symptom of a cause when there is one
+        _run(lambda: fit.underfitting(s, ctx, final=phase == "final"), found, guard)
     return found
 
 
@@ -192,7 +205,7 @@ class HealthMonitor:
 
     def _evaluate(self, run, engine, phase: str, diverged: bool = False, step_rules: bool = True) -> None:
         self._update_ctx(run)
-        raised = {w.code for w in run.warnings}
+        raised = {w.code: w for w in run.warnings}
         for w in evaluate(self.signals, self.ctx, raised, phase, diverged, step_rules, guard=self._rule_failed):
             if w.code in raised and phase == "step":
                 continue  # already shown; updated at the epoch end
