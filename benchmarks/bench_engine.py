@@ -246,7 +246,7 @@ def main(argv=None) -> int:
                         "Trainer(diagnostics=False) vs True; overall: loop vs Trainer(diagnostics=True); "
                         "all (default): the three in turn")
     p.add_argument("--workload", choices=("digits", "random", "all"), default="all")
-    p.add_argument("--pairs", type=int, default=7, help="alternating pairs (median taken; >= 5 for a figure)")
+    p.add_argument("--pairs", type=int, default=11, help="alternating pairs (median taken; >= 5 for a figure)")
     p.add_argument("--quick", action="store_true", help="short smoke run: 3 pairs, 1-3 epochs")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
