@@ -255,7 +255,10 @@ class Engine:
             raise TrainingDataError("; ".join(f"{w.code}: {w.message}" for w in fatal))
         model.load_state_dict(self.initial_state)
         set_dropout(model, cfg.dropout, self.dropout_p)
-        torch.manual_seed(cfg.seed)
+        # the CPU generator (dropout, init): torch.manual_seed would also walk the CUDA machinery
+        torch.random.default_generator.manual_seed(cfg.seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = build_optimizer(cfg, self.params)
         run.history.layer_names = list(self.param_names)
@@ -329,7 +332,6 @@ class Engine:
                 self._layers.append(layer_norms)
                 self._sampled.append(len(self._losses) - 1)
             self._sizes.append(xb.shape[0])
-            self._lrs.append(cfg.lr)
             run.step += 1
             if run.step == calib_end:
                 self._calibrate_norms()
@@ -356,7 +358,6 @@ class Engine:
         self._layers: list = []    # per sampled step: the list of per-parameter gradient norms
         self._sampled: list = []   # which of the pending steps have norms (indices into _losses)
         self._sizes: list = []
-        self._lrs: list = []
 
     def _log(self, epoch: int) -> None:
         """Bring the pending per-step values to the host (one sync) and publish them."""
@@ -382,7 +383,8 @@ class Engine:
             per_layer = [flat[n + m + i * width:n + m + (i + 1) * width] for i in range(m)]
         else:
             losses, norms, per_layer = losses_t.tolist(), [], []
-        sampled, sizes, lrs = self._sampled, self._sizes, self._lrs
+        sampled, sizes = self._sampled, self._sizes
+        lr = self.config.lr  # one lr for the pending steps: a live change logs them before it applies
         self._reset_pending()
         first_step = run.step - n + 1
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
@@ -394,7 +396,7 @@ class Engine:
         new = {
             "step": [first_step + sampled[j] for j in rows], "epoch": [epoch] * len(rows),
             "loss": [losses[sampled[j]] for j in rows], "grad_norm": [norms[j] for j in rows],
-            "lr": [lrs[sampled[j]] for j in rows], "layer_norms": [per_layer[j] for j in rows],
+            "lr": [lr] * len(rows), "layer_norms": [per_layer[j] for j in rows],
         }
         if rows:
             run.history.extend(**new)
@@ -506,6 +508,7 @@ class Engine:
         diff = self.config.diff(new)
         if not diff:
             return
+        self._log(run.epoch)  # the steps so far, with the values they were taken with
         self.config = run.config = new
         _apply_hyper(self.optimizer, new)
         if "dropout" in diff:
