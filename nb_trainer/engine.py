@@ -187,6 +187,7 @@ class Engine:
         self._last_dead_t = -PROBE_SECONDS  # the first probe looks for dead units too
         self.norm_stride = 1               # gradient norms every this many steps (see NORM_SHARE)
         self._no_grad = torch.zeros((), device=self.device)
+        self._check_weights = False        # a non-finite gradient norm was seen: check the weights
         self._norm_seconds = 0.0
         self._state_tensors: list = []
         self._reset_pending()
@@ -393,6 +394,8 @@ class Engine:
             self._epoch_loss_sum += losses[i] * sizes[i]
             self._epoch_n += sizes[i]
         rows = [j for j, i in enumerate(sampled) if i < keep]
+        if not all(math.isfinite(v) for v in norms):
+            self._check_weights = True
         new = {
             "step": [first_step + sampled[j] for j in rows], "epoch": [epoch] * len(rows),
             "loss": [losses[sampled[j]] for j in rows], "grad_norm": [norms[j] for j in rows],
@@ -521,7 +524,12 @@ class Engine:
         run, cfg = self.run_, self.config
         # a step can leave non-finite weights while every loss seen was finite (the epoch's last
         # step, an overflowing update): such an epoch must not become the rollback checkpoint
-        if self.params and not bool(torch.stack(torch._foreach_norm(self.params)).isfinite().all()):
+        # Non-finite weights come from a non-finite gradient (an update from finite gradients stays
+        # finite: a gradient large enough to overflow one has an infinite norm). A step's NaN/Inf
+        # gradient either shows in the next step's loss or, for the epoch's last step, in its norm,
+        # which _log always takes; so the weights are checked only after such a norm was seen.
+        if self._check_weights and self.params and \
+                not bool(torch.stack(torch._foreach_norm(self.params)).isfinite().all()):
             norms = run.history.last("grad_norm", 1)
             self._diverge(run.step, epoch, float("nan"), norms[-1] if norms else float("nan"),
                           what="the weights became non-finite")

@@ -426,18 +426,24 @@ class NaNGradAt(nn.Module):
         return out
 
 
-def test_weights_that_turn_non_finite_on_an_epochs_last_step_are_never_kept(small_digits, make_mlp):
+@pytest.mark.parametrize("norm_share", [0.005, 1e-9], ids=["calibrated", "widest-norm-stride"])
+def test_weights_that_turn_non_finite_on_an_epochs_last_step_are_never_kept(small_digits, make_mlp,
+                                                                             monkeypatch, norm_share):
     # every loss the engine sees in epoch 2 is finite, yet the weights end it as NaN;
-    # that epoch must not become the checkpoint a divergence rolls back to
+    # that epoch must not become the checkpoint a divergence rolls back to (also when gradient
+    # norms are taken only every k-th step: the last step's always are)
+    import nb_trainer.engine as engine
+    monkeypatch.setattr(engine, "NORM_SHARE", norm_share)
     spy = Spy()
-    model = NaNGradAt(make_mlp(64, 10), n=2 * 8)  # the last step of epoch 2
+    bad_epoch = 5  # 8 steps an epoch: past the steps the norm stride is calibrated on
+    model = NaNGradAt(make_mlp(64, 10), n=bad_epoch * 8)  # the last step of that epoch
     t = trainer(model, small_digits, spy)
-    run = t.start(optimizer="sgd", lr=1e-2, epochs=4, batch_size=32)
+    run = t.start(optimizer="sgd", lr=1e-2, epochs=bad_epoch + 2, batch_size=32)
     t.wait(timeout=10)
     assert run.status == "diverged"
     assert _finite(t.model)
-    assert len(run.epochs) == 1
-    assert state_equal(t.model.state_dict(), spy.epoch_states[0])
+    assert len(run.epochs) == bad_epoch - 1
+    assert state_equal(t.model.state_dict(), spy.epoch_states[bad_epoch - 2])
     assert run.warning("nan_loss") is not None
 
 
