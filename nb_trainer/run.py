@@ -65,7 +65,41 @@ class StepHistory:
             return self._cols[column][-n:]
 
 
-class Run:
+class RunReading:
+    """What a live :class:`Run` and a stored run record read alike: epoch columns, warnings, repr."""
+
+    epochs: list
+    warnings: list
+
+    @property
+    def last(self) -> dict:
+        """The latest epoch record, or an empty dict."""
+        return self.epochs[-1] if self.epochs else {}
+
+    def metric(self, name: str) -> list:
+        """One epoch-record column, e.g. ``run.metric("val_loss")``."""
+        return [e.get(name) for e in self.epochs]
+
+    def warning(self, code: str) -> Optional[HealthWarning]:
+        """The run's warning of ``code``, or None."""
+        return next((w for w in self.warnings if w.code == code), None)
+
+    @property
+    def codes(self) -> list[str]:
+        return [w.code for w in self.warnings]
+
+    def __repr__(self) -> str:
+        last = self.last
+        extra = ""
+        for key in ("val_accuracy", "val_r2", "val_loss", "train_loss"):
+            if last.get(key) is not None:
+                extra = f", {key}={last[key]:.4g}"
+                break
+        return (f"<{type(self).__name__} {self.id} {self.status} {self.config.optimizer} lr={self.config.lr:g} "
+                f"epoch {len(self.epochs)}/{self.config.epochs}{extra}>")
+
+
+class Run(RunReading):
     """One training run of a :class:`~nb_trainer.Trainer`.
 
     Attributes
@@ -120,25 +154,6 @@ class Run:
         return self
 
     @property
-    def last(self) -> dict:
-        """The latest epoch record, or an empty dict."""
-        return self.epochs[-1] if self.epochs else {}
-
-    def metric(self, name: str) -> list:
-        """One epoch-record column, e.g. ``run.metric("val_loss")``."""
-        return [e.get(name) for e in self.epochs]
-
-    def warning(self, code: str) -> Optional[HealthWarning]:
-        for w in self.warnings:
-            if w.code == code:
-                return w
-        return None
-
-    @property
-    def codes(self) -> list[str]:
-        return [w.code for w in self.warnings]
-
-    @property
     def elapsed(self) -> float:
         if self.started_at is None:
             return 0.0
@@ -181,16 +196,6 @@ class Run:
             "ended_at": self.ended_at,
             "steps": self.step,
         }
-
-    def __repr__(self) -> str:
-        last = self.last
-        extra = ""
-        for key in ("val_accuracy", "val_r2", "val_loss", "train_loss"):
-            if last.get(key) is not None:
-                extra = f", {key}={last[key]:.4g}"
-                break
-        return (f"<Run {self.id} {self.status} {self.config.optimizer} lr={self.config.lr:g} "
-                f"epoch {len(self.epochs)}/{self.config.epochs}{extra}>")
 
 
 def _rank(severity: str) -> int:

@@ -42,6 +42,7 @@ from typing import Any, Optional
 
 from .config import FIELDS, TrainConfig
 from .health.warning import HealthWarning
+from .run import RunReading
 
 DB_NAME = "runs.sqlite"
 WEIGHTS_DIR = "weights"
@@ -452,7 +453,7 @@ def _init_db(db_path: Path) -> None:
 
 # -- records read back -----------------------------------------------------------------------------------
 
-class RunRecord:
+class RunRecord(RunReading):
     """A run read back from a store. Reads like a :class:`~nb_trainer.Run`.
 
     Attributes
@@ -515,20 +516,6 @@ class RunRecord:
         return self.status not in LIVE_STATUSES
 
     @property
-    def last(self) -> dict:
-        return self.epochs[-1] if self.epochs else {}
-
-    def metric(self, name: str) -> list:
-        return [e.get(name) for e in self.epochs]
-
-    def warning(self, code: str) -> Optional[HealthWarning]:
-        return next((w for w in self.warnings if w.code == code), None)
-
-    @property
-    def codes(self) -> list[str]:
-        return [w.code for w in self.warnings]
-
-    @property
     def elapsed(self) -> float:
         if self.started_at is None:
             return 0.0
@@ -551,16 +538,6 @@ class RunRecord:
             "note": self.note, "best_epoch": self.best_epoch, "started_at": self.started_at,
             "ended_at": self.ended_at, "steps": self.steps,
         }
-
-    def __repr__(self) -> str:
-        last = self.last
-        extra = ""
-        for key in ("val_accuracy", "val_r2", "val_loss", "train_loss"):
-            if last.get(key) is not None:
-                extra = f", {key}={last[key]:.4g}"
-                break
-        return (f"<RunRecord {self.id} {self.status} {self.config.optimizer} lr={self.config.lr:g} "
-                f"epoch {len(self.epochs)}/{self.config.epochs}{extra}>")
 
 
 def _load(db_path: Path, store_path: Path) -> list[RunRecord]:
