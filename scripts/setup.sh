@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install -q "torch==2.13.0"
 fi
-"$PY" -m pip install -q -e ".[test,browser]"
+"$PY" -m pip install -q -e ".[test,browser,tensorboard]"
 
 # Debian's Chromium for the browser tests (never `playwright install`: it downloads a browser).
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
