@@ -207,6 +207,7 @@ class Engine:
         run = self.run_
         run.started_at = time.time()
         run.status = "running"
+        outcome = "running"
         try:
             self._setup()
             self.bus.publish(ev.RUN_STARTED, run)
@@ -221,28 +222,33 @@ class Engine:
                 if self.control.stop_requested:
                     break
             if self.control.stop_requested:
-                run.status = "stopped"
+                outcome = "stopped"
                 run.stop_reason = self._stop_reason or "stopped by the user"
             else:
-                run.status = "finished"
+                outcome = "finished"
         except Diverged as d:
             self._restore(self.healthy_state)
-            run.status = "diverged"
+            outcome = "diverged"
             run.stop_reason = str(d)
         except TrainingDataError as e:
-            run.status = "failed"
+            outcome = "failed"
             run.error = e
         except Exception as e:  # caught once, recorded on the run, shown by the panel
-            run.status = "failed"
+            outcome = "failed"
             run.error = e
         finally:
             run.ended_at = time.time()
+            # the end hooks (the final health verdict, the store's last write) read the outcome; the
+            # status shows it only once they are done, so whoever polls run.status until it is no
+            # longer "running" then reads the run's final warnings
+            run.outcome = outcome
             for cb in self.callbacks:
                 try:
                     cb.on_run_end(run, self)
                 except Exception as e:  # the run's outcome stands; the callback's failure is shown
-                    if run.error is None and run.status != "failed":
+                    if run.error is None and outcome != "failed":
                         run.error = e
+            run.status = outcome
             run._done.set()
             self.bus.publish(ev.RUN_ENDED, run)
         return run

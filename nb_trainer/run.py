@@ -141,6 +141,8 @@ class Run(RunReading):
         self.started_at: Optional[float] = None
         self.ended_at: Optional[float] = None
         self.stop_reason: str = ""
+        # how the run ended, known while its end hooks run; ``status`` shows it once they are done
+        self.outcome: Optional[str] = None
         self._done = threading.Event()
         self._lock = threading.Lock()
 

@@ -337,7 +337,9 @@ class RunStore:
     @staticmethod
     def _row(run, key: str, weights: Optional[str] = None) -> dict:
         return {
-            "id": key, "config": _dumps(run.config.to_dict()), "status": run.status,
+            "id": key, "config": _dumps(run.config.to_dict()),
+            # at the run's end the status is set after the end hooks: its outcome is already known
+            "status": getattr(run, "outcome", None) or run.status,
             "error": _error_text(run.error), "stop_reason": run.stop_reason or None,
             "best_epoch": run.best_epoch, "best_val_loss": run.best_val_loss, "steps": run.step,
             "changes": _dumps(run.changes), "ended_at": run.ended_at, "updated_at": time.time(),

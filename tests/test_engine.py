@@ -546,3 +546,24 @@ def test_layer_norms_line_up_with_layer_names_when_a_module_gets_no_gradient(sma
     assert names == ["used.weight", "used.bias", "unused.weight", "unused.bias"]
     assert all(len(r) == 4 for r in rows)
     assert all(r[2] == 0.0 and r[3] == 0.0 and r[0] > 0 for r in rows)
+
+
+def test_status_shows_the_end_only_after_the_end_hooks_ran(small_digits, make_mlp):
+    # whoever polls run.status until it leaves "running" must then see the final warnings
+    seen = {}
+
+    class SlowEnd(Callback):
+        def on_run_end(self, run, engine):
+            time.sleep(0.2)
+            seen["status"], seen["outcome"] = run.status, run.outcome
+
+    model = make_mlp(64, 10, hidden=8)
+    t = nbt.Trainer(model, *small_digits, store=None)
+    t.callbacks.append(SlowEnd())
+    run = t.start(epochs=1)
+    deadline = time.monotonic() + 10
+    while run.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert run.status == "finished" and seen == {"status": "running", "outcome": "finished"}
+    assert run.wait(timeout=5).done
+    t.wait()

@@ -86,6 +86,11 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
     return found
 
 
+def _ended(run) -> str:
+    """How the run ended: its ``outcome`` while the end hooks run (``status`` is set after them)."""
+    return getattr(run, "outcome", None) or run.status
+
+
 def _run(check, found: list, guard) -> None:
     if guard is None:
         w = check()
@@ -169,12 +174,12 @@ class HealthMonitor:
                        step_rules=record["epoch"] <= 2 or time.perf_counter() >= self._next_eval)
 
     def on_run_end(self, run, engine) -> None:
-        if self.ctx is None or run.status == "failed":
+        if self.ctx is None or _ended(run) == "failed":
             return
-        if run.status == "stopped" and not run.stop_reason.startswith("early stopping"):
+        if _ended(run) == "stopped" and not run.stop_reason.startswith("early stopping"):
             return  # cut short by the user (or a restart): the evidence is incomplete
         self._catch_up(run)
-        self._evaluate(run, engine, "final", diverged=run.status == "diverged")
+        self._evaluate(run, engine, "final", diverged=_ended(run) == "diverged")
 
     # -- internals -----------------------------------------------------------------
     def _take(self, new: dict) -> None:
