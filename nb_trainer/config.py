@@ -201,11 +201,12 @@ def describe_change(old: TrainConfig, new: TrainConfig) -> str:
     """Say what changed between two configs, e.g. ``"lr 0.01 → 0.003"``."""
     parts = []
     for name, (a, b) in old.diff(new).items():
-        parts.append(f"{name} {_short(a)} → {_short(b)}")
+        parts.append(f"{name} {format_value(a)} → {format_value(b)}")
     return ", ".join(parts) if parts else "same config"
 
 
-def _short(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A config value as the panel and the run notes show it (floats to 3 significant digits)."""
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)

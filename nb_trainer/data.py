@@ -61,8 +61,6 @@ class Source:
 class TensorSource(Source):
     """In-memory tensors: batches are index slices of a device-side permutation."""
 
-    exhaustive_sample = True
-
     def __init__(self, x: torch.Tensor, y: torch.Tensor, device, float_dtype):
         if x.is_floating_point() and x.dtype != float_dtype:
             x = x.to(float_dtype)
@@ -93,8 +91,6 @@ class TensorSource(Source):
 
 class LoaderSource(Source):
     """A Dataset (batched by us) or a DataLoader (batched as the user set it up)."""
-
-    exhaustive_sample = False
 
     def __init__(self, data, device, float_dtype, is_loader: bool):
         self.data = data

@@ -313,16 +313,11 @@ class Engine:
 
             sampled = run.step % self.norm_stride == 0 or cfg.grad_clip > 0
             if sampled:
-                # one entry per parameter, so the norms line up with layer_names (a parameter the
-                # loss did not reach this step has no gradient: its norm is 0)
-                grads = [p.grad if p.grad is not None else self._no_grad for p in params]
-                if calib_start <= run.step < calib_end:
-                    t_norm = time.perf_counter()
-                    # one 0-d tensor per parameter; stacked, and the global norm taken, once per log
-                    layer_norms = torch._foreach_norm(grads) if grads else [torch.zeros((), device=self.device)]
+                calibrating = calib_start <= run.step < calib_end
+                t_norm = time.perf_counter() if calibrating else 0.0
+                layer_norms = self._layer_norms()
+                if calibrating:
                     self._norm_seconds += time.perf_counter() - t_norm
-                else:
-                    layer_norms = torch._foreach_norm(grads) if grads else [torch.zeros((), device=self.device)]
                 if cfg.grad_clip > 0:
                     # the same scaling as clip_grad_norm_, without a second norm pass
                     grad_norm = torch.linalg.vector_norm(torch.stack(layer_norms))
@@ -353,6 +348,14 @@ class Engine:
         self._log(epoch)
         return True
 
+    def _layer_norms(self) -> list:
+        """The current gradients' norms: one 0-d tensor per parameter, on the device (stacked, and
+        the global norm taken, once per log). A parameter the loss did not reach has no gradient: 0,
+        so the norms always line up with layer_names."""
+        if not self.params:
+            return [self._no_grad]
+        return torch._foreach_norm([p.grad if p.grad is not None else self._no_grad for p in self.params])
+
     def _calibrate_norms(self) -> None:
         """Take gradient norms every k-th step when every step would cost more than NORM_SHARE."""
         steps = NORM_CALIBRATION[1] - NORM_CALIBRATION[0]
@@ -375,10 +378,8 @@ class Engine:
         if not self._sampled or self._sampled[-1] != n - 1:
             # the gradients of the latest step are still in place: take its norms, so that the
             # history always ends at the latest step
-            grads = [p.grad if p.grad is not None else self._no_grad for p in self.params]
-            if grads:
-                self._layers.append(torch._foreach_norm(grads))
-                self._sampled.append(n - 1)
+            self._layers.append(self._layer_norms())
+            self._sampled.append(n - 1)
         m = len(self._sampled)
         losses_t = torch.stack(self._losses).float()
         if m:

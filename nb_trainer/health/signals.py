@@ -8,11 +8,14 @@ share: medians over windows, "is the loss improving", number formatting.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+
+from ..config import FIELDS, TrainConfig
 
 # Step columns keep at most this many points; past it the middle is thinned
 # to every other point. The first EARLY_KEEP steps are never thinned: the
@@ -73,16 +76,17 @@ class Context:
     task: str = "classification"
     loss_name: str = "cross_entropy"
     baseline: Optional[float] = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    l1: float = 0.0
-    dropout: Optional[float] = None
-    batch_size: int = 64
-    epochs: int = 10
-    grad_clip: float = 0.0
-    patience: int = 0
+    # the run's TrainConfig values the rules read (defaults: TrainConfig's)
+    optimizer: str = TrainConfig.optimizer
+    lr: float = TrainConfig.lr
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+    l1: float = TrainConfig.l1
+    dropout: Optional[float] = TrainConfig.dropout
+    batch_size: int = TrainConfig.batch_size
+    epochs: int = TrainConfig.epochs
+    grad_clip: float = TrainConfig.grad_clip
+    patience: int = TrainConfig.patience
     steps_per_epoch: Optional[int] = None
     has_dropout: bool = False
     first_layer: str = ""
@@ -90,9 +94,8 @@ class Context:
 
     @classmethod
     def from_config(cls, config, **kw) -> "Context":
-        fields = ("optimizer", "lr", "momentum", "weight_decay", "l1", "dropout", "batch_size",
-                  "epochs", "grad_clip", "patience")
-        return cls(**{f: getattr(config, f) for f in fields}, **kw)
+        taken = [f.name for f in dataclasses.fields(cls) if f.name in FIELDS]
+        return cls(**{name: getattr(config, name) for name in taken}, **kw)
 
 
 # Heavy regularisation: 100x the usual strength. Weight decay >= 0.1 (coupled L2:

@@ -94,11 +94,6 @@ def build_controls(config: TrainConfig, has_dropout: bool, model_dropout: float 
     return c
 
 
-def control_value(name: str, widget) -> object:
-    """The config value a control shows."""
-    return widget.value
-
-
 def show_value(widget, value) -> None:
     """Put ``value`` on ``widget``, adding it to a selection slider's options when missing."""
     if isinstance(widget, W.SelectionSlider):

@@ -8,6 +8,7 @@ process; the training thread never renders.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -272,18 +273,15 @@ class Panel(W.VBox):
         return runs[index] if isinstance(index, int) and index < len(runs) else runs[-1]
 
     # -- reflecting the trainer ---------------------------------------------------
+    @contextlib.contextmanager
     def _syncing(self):
-        panel = self
-
-        class _Sync:
-            def __enter__(self_):
-                panel._lock.acquire()
-                panel._sync_thread = threading.get_ident()
-
-            def __exit__(self_, *exc):
-                panel._sync_thread = None
-                panel._lock.release()
-        return _Sync()
+        """The panel itself sets controls inside: their observers know it is not the user."""
+        with self._lock:
+            self._sync_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._sync_thread = None
 
     def _shown_config(self) -> TrainConfig:
         run = self.trainer.current

@@ -8,6 +8,7 @@ import html
 import math
 from typing import Optional, Sequence
 
+from ..config import format_value
 from ..metrics import MAIN_METRIC
 
 STATUS_COLORS = {
@@ -100,7 +101,7 @@ def runs_table_html(runs: Sequence, task: str, limit: int = 12) -> str:
         if len(rows) >= limit:
             break
         diff = first.diff(run.config)
-        changed = ", ".join(f"{k}={_short(v[1])}" for k, v in diff.items()) or (
+        changed = ", ".join(f"{k}={format_value(v[1])}" for k, v in diff.items()) or (
             f"{run.config.optimizer}, lr={run.config.lr:.3g}" if i == 0 else "same as #1")
         name, value = best_metric(run, task)
         shown = "–" if value is None else f"{value:.4g}"
@@ -113,6 +114,3 @@ def runs_table_html(runs: Sequence, task: str, limit: int = 12) -> str:
     return (f"<table class='nbt-runs' style='border-collapse:collapse;font-size:12px'>{head}"
             + "".join(rows) + "</table>")
 
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
