@@ -201,7 +201,7 @@ def lr_find(trainer, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: in
 
     Raises ``RuntimeError`` while a run of ``trainer`` is training.
     """
-    from .engine import build_optimizer, set_dropout
+    from .optim import build_optimizer, set_dropout
 
     _check("start_lr", start_lr, isinstance(start_lr, (int, float)) and 0 < start_lr < math.inf, "a number > 0")
     _check("end_lr", end_lr, isinstance(end_lr, (int, float)) and start_lr < end_lr < math.inf,
@@ -222,7 +222,7 @@ def lr_find(trainer, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: in
     params = [p for p in model.parameters() if p.requires_grad]
     matrices = [p for p in params if p.dim() > 1]
     optimizer = build_optimizer(config.replace(lr=start_lr), params)
-    loss_fn, cast = trainer.loss_fn, getattr(trainer, "_cast_binary", False)
+    step_fn = trainer.step
     ratio = (end_lr / start_lr) ** (1 / (num_steps - 1))
 
     lrs: list[float] = []
@@ -239,15 +239,12 @@ def lr_find(trainer, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: in
         step = 0
         while step < num_steps and stop_reason == "reached end_lr":
             seen = 0
-            for xb, yb in trainer.train_data.batches(config.batch_size, generator, shuffle=True):
+            for batch in trainer.train_data.batches(config.batch_size, generator, shuffle=True):
                 seen += 1
                 lr = start_lr * ratio ** step
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if cast:
-                    yb = yb.to(xb.dtype if xb.is_floating_point() else torch.get_default_dtype())
-                out = model(xb)
-                loss = loss_fn(out, yb)
+                loss = step_fn(model, batch).loss
                 total = loss + config.l1 * sum(w.abs().sum() for w in matrices) if config.l1 > 0 else loss
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()

@@ -13,24 +13,50 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-TASKS = ("classification", "binary", "regression")
+from .tasks import TASK_TABLE, TASKS, main_metric, metric_names  # noqa: F401  (re-exported)
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for one class per example or per position.
+
+    Class ids of any integer dtype (int32/int16 ids are cast to int64);
+    outputs ``(N, C)``, ``(N, ..., C)`` against ids ``(N, ...)`` (token tagging),
+    or ``(N, C, ...)`` (segmentation, torch's own layout). ``-100`` is ignored.
+    """
+    if not target.is_floating_point() and target.dtype != torch.long:
+        target = target.long()
+    if output.dim() > 2 and output.shape[:-1] == target.shape:
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+    return F.cross_entropy(output, target)
+
+
+def bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits; 0/1 targets of any dtype (ints mean the same thing)."""
+    if target.dtype != output.dtype:
+        target = target.to(output.dtype)
+    return F.binary_cross_entropy_with_logits(output, target)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts token t+1 (labels are the input ids, as in
+    Hugging Face's causal LMs); ``-100`` is ignored."""
+    shifted = logits[..., :-1, :]
+    return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), labels[..., 1:].reshape(-1).long())
+
 
 LOSSES: dict[str, Callable] = {
-    "cross_entropy": F.cross_entropy,
-    "bce": F.binary_cross_entropy_with_logits,
+    "cross_entropy": cross_entropy,
+    "bce": bce,
     "mse": F.mse_loss,
     "mae": F.l1_loss,
     "huber": F.huber_loss,
+    "causal_lm": causal_lm_loss,
 }
 
-DEFAULT_LOSS = {"classification": "cross_entropy", "binary": "bce", "regression": "mse"}
+DEFAULT_LOSS = {name: t.loss for name, t in TASK_TABLE.items()}
 
-# The metric a panel plots and early stopping could watch, by task; True: higher is better.
-MAIN_METRIC = {
-    "classification": ("val_accuracy", True),
-    "binary": ("val_f1", True),
-    "regression": ("val_r2", True),
-}
+# The metric a panel plots and a sweep ranks by, by task; True: higher is better.
+MAIN_METRIC = {name: main_metric(name) for name in TASK_TABLE}
 
 
 def resolve_loss(loss, task: str) -> tuple[str, Callable]:
@@ -48,6 +74,42 @@ def resolve_loss(loss, task: str) -> tuple[str, Callable]:
     raise TypeError(f"loss={loss!r}: expected None, a loss name ({', '.join(LOSSES)}) or a callable")
 
 
+def per_example(loss_name: str) -> Optional[Callable]:
+    """``fn(output, target, weight)``: a built-in loss weighted per example, Keras' way
+    (``sum(w * l) / N``); None for a loss we cannot split per example (a callable)."""
+    def reduce(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        per = values.reshape(values.shape[0], -1).mean(1) if values.dim() > 1 else values
+        return (per * weight.to(per.dtype)).sum() / max(per.shape[0], 1)
+
+    def ce(output, target, weight):
+        if not target.is_floating_point() and target.dtype != torch.long:
+            target = target.long()
+        if output.dim() > 2 and output.shape[:-1] == target.shape:
+            values = F.cross_entropy(output.movedim(-1, 1), target, reduction="none")
+        else:
+            values = F.cross_entropy(output, target, reduction="none")
+        return reduce(values, weight)
+
+    def elementwise(fn):
+        def weighted(output, target, weight):
+            if fn is F.binary_cross_entropy_with_logits and target.dtype != output.dtype:
+                target = target.to(output.dtype)
+            return reduce(fn(output, target, reduction="none"), weight)
+        return weighted
+
+    table = {"cross_entropy": ce, "bce": elementwise(F.binary_cross_entropy_with_logits),
+             "mse": elementwise(F.mse_loss), "mae": elementwise(F.l1_loss), "huber": elementwise(F.huber_loss)}
+    return table.get(loss_name)
+
+
+def _class_last(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Logits with the class dimension last: ``(N, C, ...)`` (torch's segmentation layout)
+    against ids ``(N, ...)`` is moved to ``(N, ..., C)``."""
+    if logits.dim() > 2 and logits.shape[:-1] != target.shape and logits.shape[2:] == target.shape[1:]:
+        return logits.movedim(1, -1)
+    return logits
+
+
 class ClassificationMetrics:
     """Accuracy, macro precision/recall/F1 from a C×C confusion matrix."""
 
@@ -56,7 +118,11 @@ class ClassificationMetrics:
         self.cm = torch.zeros(n_classes * n_classes, dtype=torch.long, device=device)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        if target.is_floating_point() and target.shape == logits.shape and logits.dim() >= 2:
+            target = target.argmax(dim=-1)  # class probabilities / one-hot rows: their most likely class
+        logits = _class_last(logits, target)
         pred = logits.argmax(dim=-1).reshape(-1)
+        # ignored positions (-100) and out-of-range ids fall outside [0, n) and are not counted
         t = target.reshape(-1).long()
         n = self.n
         # out-of-range ids (reported by the data checks) go to an extra bin that is dropped;
@@ -150,15 +216,66 @@ class RegressionMetrics:
         return {prefix + "mse": sum(mses) / k, prefix + "mae": sum(maes) / k, prefix + "r2": sum(r2s) / k}
 
 
+class MultilabelMetrics:
+    """Subset accuracy and macro precision/recall/F1 over K labels (logits > 0 is a positive).
+
+    As scikit-learn's ``average="macro"`` on indicator matrices: every label counts, and a
+    label with no positive target and no positive prediction scores 0.
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.counts: Optional[torch.Tensor] = None  # rows: tp, fp, fn per label
+        self.exact = torch.zeros(2, dtype=torch.long, device=device)  # rows all right, rows
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        pred = (logits > 0).reshape(logits.shape[0], -1)
+        t = (target > 0.5).reshape(pred.shape)
+        batch = torch.stack([(pred & t).sum(0), (pred & ~t).sum(0), (~pred & t).sum(0)])
+        self.counts = batch if self.counts is None else self.counts + batch
+        self.exact += torch.stack([(pred == t).all(1).sum(), torch.tensor(pred.shape[0], device=pred.device)])
+
+    def compute(self, prefix: str = "val_") -> dict:
+        if self.counts is None:
+            return {prefix + m: 0.0 for m in ("accuracy", "precision", "recall", "f1")}
+        tp, fp, fn = self.counts.tolist()
+        right, rows = self.exact.tolist()
+        precision = [a / (a + b) if a + b else 0.0 for a, b in zip(tp, fp)]
+        recall = [a / (a + b) if a + b else 0.0 for a, b in zip(tp, fn)]
+        f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
+        k = max(len(tp), 1)
+        return {prefix + "accuracy": right / rows if rows else 0.0, prefix + "precision": sum(precision) / k,
+                prefix + "recall": sum(recall) / k, prefix + "f1": sum(f1) / k}
+
+
+class NextTokenMetrics:
+    """Next-token accuracy of a causal LM: position t's prediction against token t+1, ``-100``
+    ignored. (Perplexity is exp of the mean loss; the evaluation adds it.)"""
+
+    def __init__(self, device):
+        self.counts = torch.zeros(2, dtype=torch.long, device=device)  # right, counted
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        pred = logits[..., :-1, :].argmax(dim=-1)
+        t = labels[..., 1:].long()
+        counted = t != -100
+        self.counts += torch.stack([((pred == t) & counted).sum(), counted.sum()])
+
+    def compute(self, prefix: str = "val_") -> dict:
+        right, counted = self.counts.tolist()
+        return {prefix + "accuracy": right / counted if counted else 0.0}
+
+
 def metrics_for(task: str, n_classes: int, device):
+    """The accumulator of a task's metrics; None for a task without any (a step returning only a loss)."""
     if task == "classification":
         return ClassificationMetrics(n_classes, device)
     if task == "binary":
         return BinaryMetrics(device)
-    return RegressionMetrics(device)
-
-
-def metric_names(task: str, prefix: str = "val_") -> tuple[str, ...]:
+    if task == "multilabel":
+        return MultilabelMetrics(device)
+    if task == "causal_lm":
+        return NextTokenMetrics(device)
     if task == "regression":
-        return tuple(prefix + m for m in ("mse", "mae", "r2"))
-    return tuple(prefix + m for m in ("accuracy", "precision", "recall", "f1"))
+        return RegressionMetrics(device)
+    return None

@@ -17,11 +17,15 @@ from torch import nn
 
 from . import events as ev
 from .config import FIELDS, TrainConfig, check_names, describe_change
-from .data import TaskInfo, infer_task, make_source, probe_output
-from .engine import Callback, Engine, RunControl, dropout_defaults
+from .callbacks import Callback
+from .data import TaskInfo, make_source
+from .engine import VAL_BATCH, Engine, RunControl
 from .health.data_checks import merge_splits, preflight
-from .metrics import TASKS, resolve_loss
+from .optim import dropout_defaults
 from .run import Run
+from .step import evaluate as evaluate_batches
+from .tasks import TASKS
+from .wiring import inputs_of, targets_of, wire
 
 TASK_CHOICES = ("auto",) + TASKS
 
@@ -44,13 +48,22 @@ class Trainer:
     Parameters
     ----------
     model : torch.nn.Module
-    train, val : (X, y) tensors or numpy arrays, a torch Dataset, or a DataLoader
-    task : {"auto", "classification", "binary", "regression"}
-    loss : None (by task), a name ("cross_entropy", "bce", "mse", "mae", "huber") or a callable
+    train, val : the data: an ``(X, y)`` pair, an ``(x1, ..., xk, y)`` or ``(x, y, sample_weight)``
+        tuple or a dict of arrays (tensors or numpy arrays), a torch ``Dataset`` or
+        ``IterableDataset``, or a ``DataLoader`` (its batches tuples or dicts, e.g. Hugging Face's)
+    task : {"auto", "classification", "binary", "multilabel", "regression", "causal_lm"}
+    loss : None (by task, or the model's own ``loss`` output when it returns one), a name
+        ("cross_entropy", "bce", "mse", "mae", "huber", "causal_lm") or a callable ``loss(pred, target)``
     device : "auto" (CUDA when present, else CPU), or a torch device
     seed : default seed of every run (shuffling and dropout)
     store : folder where run records are kept; None keeps nothing on disk
     diagnostics : run the health checks (on by default)
+    target : the key of the target in dict batches (default: the first of "labels", "label",
+        "target", "targets", "y" present)
+    inputs : how many leading elements of a tuple batch are the model's inputs (default: the
+        required positional parameters of ``model.forward``)
+    step : ``step(model, batch)`` returning the loss, or ``(loss, outputs, targets)``: your own
+        forward and loss; the optimizer, clipping, diagnostics, rollback and the panel still apply
     **defaults : TrainConfig fields used by every :meth:`start` unless overridden
 
     Examples
@@ -62,7 +75,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train, val=None, task: str = "auto", loss=None,
                  device="auto", seed: int = 0, store: Optional[str] = ".nb_trainer",
-                 diagnostics: bool = True, **defaults: Any):
+                 diagnostics: bool = True, target: Optional[str] = None, inputs: Optional[int] = None,
+                 step=None, **defaults: Any):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if task not in TASK_CHOICES:
@@ -73,17 +87,23 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_data = make_source(train, "train", self.device, model)
         self.val_data = None if val is None else make_source(val, "val", self.device, model)
-        x_sample, y_sample = self.train_data.sample()
-        out = probe_output(model, x_sample)
-        self.task_info: TaskInfo = infer_task(task, y_sample, out)
+        train_sample = self.train_data.sample()
+        val_sample = None if self.val_data is None else self.val_data.sample()
+        wiring = wire(model, train_sample, val_sample, task=task, loss=loss, target=target, inputs=inputs,
+                      step=step)
+        self.step = wiring.step
+        self.layout = wiring.layout
+        self.task_info: TaskInfo = wiring.task
         self.task = self.task_info.task
-        self.loss_name, self.loss_fn = resolve_loss(loss, self.task)
-        # BCE needs float targets; int 0/1 labels mean the same thing, so this cast hides nothing
-        self._cast_binary = self.loss_name == "bce" and not y_sample.is_floating_point()
-        self.data_warnings = preflight("train", x_sample, y_sample, self.task_info, self.loss_name)
-        if self.val_data is not None:
-            xv, yv = self.val_data.sample()
-            self.data_warnings += preflight("val", xv, yv, self.task_info, self.loss_name)
+        self.loss_name = wiring.loss_name
+        self.loss_from = wiring.loss_from
+        self.loss_fn = self.step.loss_fn
+        self._train_targets = wiring.targets
+        self.data_warnings = preflight("train", inputs_of(self.step, train_sample), wiring.targets,
+                                       self.task_info, self.loss_name)
+        if val_sample is not None:
+            self.data_warnings += preflight("val", inputs_of(self.step, val_sample),
+                                            targets_of(self.step, val_sample), self.task_info, self.loss_name)
         self.data_warnings = merge_splits(self.data_warnings)  # a run keeps one warning per code
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._dropout_p = dropout_defaults(model)
@@ -102,6 +122,10 @@ class Trainer:
         if store is not None:
             self._open_store(store)
         _TRAINERS.add(self)
+
+    def target_sample(self) -> Optional[torch.Tensor]:
+        """The targets of the training sample the Trainer looked at (the health rules' baseline)."""
+        return self._train_targets
 
     def _open_store(self, path) -> None:
         try:
@@ -151,10 +175,10 @@ class Trainer:
                 from .health.monitor import HealthMonitor
                 callbacks.insert(0, HealthMonitor(self.task_info, self.loss_name))
             engine = Engine(run, self.model, self.train_data, self.val_data, self.task_info,
-                            self.loss_fn, self.initial_state, self.events, control,
+                            self.step, self.initial_state, self.events, control,
                             callbacks=callbacks, data_warnings=self.data_warnings,
                             dropout_p=self._dropout_p, diagnostics=self.diagnostics,
-                            cast_binary_targets=self._cast_binary)
+                            targets=self._train_targets)
             run.status = "running"
             self.runs.append(run)
             self._control = control
@@ -269,11 +293,9 @@ class Trainer:
         source = self.val_data if data is None else make_source(data, "data", self.device, self.model)
         if source is None:
             raise ValueError("no data to evaluate: pass data, or give the Trainer val data")
-        run = Run(self.current.config if self.current else self.defaults, task=self.task)
-        engine = Engine(run, self.model, self.train_data, None, self.task_info, self.loss_fn,
-                        self.initial_state, self.events, RunControl(),
-                        cast_binary_targets=self._cast_binary)
-        return engine.evaluate(source, prefix="")
+        bs = max(VAL_BATCH, (self.current.config if self.current else self.defaults).batch_size)
+        return evaluate_batches(self.step, self.model, source.batches(bs, None, shuffle=False), self.task_info,
+                                self.device, prefix="")
 
     # -- tools ----------------------------------------------------------------------
     def lr_find(self, **kwargs):

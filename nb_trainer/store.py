@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from .callbacks.base import Callback
 from .config import FIELDS, TrainConfig
 from .health.warning import HealthWarning
 from .run import RunReading
@@ -614,7 +615,7 @@ def load_weights(path, run_id: str, model=None, strict: bool = True):
 
 # -- the engine callback ----------------------------------------------------------------------------------
 
-class StoreCallback:
+class StoreCallback(Callback):
     """Engine callback that writes each run of a Trainer to a :class:`RunStore`.
 
     A store failure (disk full, a lock held past the busy timeout) never stops

@@ -390,9 +390,13 @@ class FakeEngine:
         self.params = [torch.zeros(8, 4), torch.zeros(8), torch.zeros(4, 8)]
         self.param_names = ["0.weight", "0.bias", "2.weight"]
         self.dropout_p = {}
-        self.train_src = TensorSource(torch.zeros(len(y), 4), y, "cpu", torch.float32)
+        self.train_src = TensorSource((torch.zeros(len(y), 4), y), "cpu", torch.float32)
         self.model = torch.nn.Sequential()
         self.warned = []
+        self._y = y
+
+    def target_sample(self):
+        return self._y
 
     def warn(self, w):
         self.warned.append(w.code)

@@ -149,8 +149,10 @@ def test_regression_float32_inputs_keep_r2_digits():
 
 
 def test_resolve_loss_by_task_name_and_callable():
-    assert resolve_loss(None, "classification")[1] is F.cross_entropy
-    assert resolve_loss(None, "binary")[1] is F.binary_cross_entropy_with_logits
+    assert resolve_loss(None, "classification")[0] == "cross_entropy"
+    assert resolve_loss(None, "binary")[0] == "bce"
+    assert resolve_loss(None, "multilabel")[0] == "bce"
+    assert resolve_loss(None, "causal_lm")[0] == "causal_lm"
     assert resolve_loss(None, "regression")[1] is F.mse_loss
     assert resolve_loss("MAE", "regression")[1] is F.l1_loss
 

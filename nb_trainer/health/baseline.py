@@ -17,22 +17,29 @@ def trivial_loss(y: torch.Tensor, task: str, loss_name: str, n_classes: int = 2)
     """Loss of the best constant prediction of ``y`` under ``loss_name``; None if unknown."""
     y = y.detach().to("cpu")
     try:
-        if loss_name == "cross_entropy" and task == "classification":
-            if y.is_floating_point() or y.dim() != 1:
+        if (loss_name == "cross_entropy" and task == "classification") or \
+                (loss_name == "causal_lm" and task == "causal_lm"):
+            # one class per example or per position (a token tagger, a language model's unigram
+            # frequencies); ids outside [0, C), -100 among them, are not counted
+            if y.is_floating_point():
                 return None
             ids = y[(y >= 0) & (y < n_classes)].long()
             if ids.numel() == 0:
                 return None
             return _entropy(torch.bincount(ids, minlength=n_classes).double())
         if loss_name == "bce":
-            t = y.double().reshape(-1)
-            t = t[torch.isfinite(t)]
-            if t.numel() == 0 or bool(((t < 0) | (t > 1)).any()):
+            # one binary entropy per output column, averaged: BCE's mean over every element
+            t = y.double().reshape(len(y), -1) if y.dim() else y.double().reshape(1, 1)
+            if bool((torch.isfinite(t) & ((t < 0) | (t > 1))).any()):
                 return None
-            p = float(t.mean())
-            if p <= 0 or p >= 1:
-                return 0.0
-            return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+            values = []
+            for col in t.T:
+                col = col[torch.isfinite(col)]
+                if col.numel() == 0:
+                    continue
+                p = float(col.mean())
+                values.append(0.0 if p <= 0 or p >= 1 else -(p * math.log(p) + (1 - p) * math.log(1 - p)))
+            return sum(values) / len(values) if values else None
         if task != "regression" or not y.is_floating_point():
             return None
         t = y.double()

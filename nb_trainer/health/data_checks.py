@@ -29,10 +29,18 @@ def _columns(mask: torch.Tensor, limit: int = 5) -> str:
     return f" in column{'s' if len(cols) > 1 else ''} {shown}{more}"
 
 
-def check_finite(split: str, x: torch.Tensor, y: torch.Tensor) -> list:
+IGNORE_INDEX = -100  # a target id cross-entropy skips (padding, sub-word pieces): never a bad label
+
+
+def check_finite(split: str, x, y) -> list:
+    """NaN/Inf in the inputs (a tensor, or ``[(name, tensor)]`` for every input tensor of a
+    batch) or the targets (a tensor or None)."""
+    named = [("inputs", x)] if isinstance(x, torch.Tensor) else list(x)
+    if y is not None:
+        named.append(("targets", y))
     out = []
-    for what, t in (("inputs", x), ("targets", y)):
-        if not t.is_floating_point():
+    for what, t in named:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() == 0:
             continue
         bad = ~torch.isfinite(t)
         n_bad = int(bad.sum())
@@ -44,7 +52,7 @@ def check_finite(split: str, x: torch.Tensor, y: torch.Tensor) -> list:
             out.append((HealthWarning(
                 code="bad_input_data", severity="error",
                 message=(f"{split} {what} contain {n_bad} {kinds} value{'s' if n_bad > 1 else ''} "
-                         f"in {rows} of {len(t)} examples{_columns(bad)}"),
+                         f"in {rows} of {len(t) if t.dim() else 1} examples{_columns(bad)}"),
                 suggestion=(f"drop or impute those examples before training (e.g. torch.nan_to_num, "
                             f"or keep rows where torch.isfinite(x).all(1))"
                             + ("; training on them turns the loss into NaN" if fatal else
@@ -70,6 +78,31 @@ def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
         out.append((HealthWarning(code="label_mismatch", severity="error", message=message,
                                   suggestion=suggestion, fix={}, step=0, epoch=0), True))
 
+    if task.task in ("classification", "causal_lm") and (getattr(task, "per_position", False)
+                                                         or task.task == "causal_lm"):
+        if y.is_floating_point():
+            mismatch(f"{split} targets are {str(y.dtype).replace('torch.', '')}; per-position cross-entropy "
+                     "needs integer class ids", "pass the targets as integers, e.g. y.long()")
+            return out
+        ids = y[y != IGNORE_INDEX]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_out):
+            lo, hi = int(ids.min()), int(ids.max())
+            bad = int(((ids < 0) | (ids >= n_out)).sum())
+            what = "token ids" if task.task == "causal_lm" else "class ids"
+            mismatch(f"{split} targets hold {what} from {lo} to {hi}, but the model has {n_out} outputs, so only "
+                     f"0..{n_out - 1} (or {IGNORE_INDEX}, ignored) fit ({bad} of {ids.numel()} positions are outside)",
+                     f"give the model's last layer {hi + 1} outputs (the vocabulary size), or map the labels to "
+                     f"0..{n_out - 1}; mark positions to skip with {IGNORE_INDEX}")
+        return out
+    if task.task == "multilabel":
+        if tuple(y.shape[1:]) != tuple(task.output_shape):
+            mismatch(f"{split} targets have shape {_shape(y.shape[1:])} but the model's output is {out_shape}; "
+                     "multi-label needs one 0/1 target per output", "make the targets (N, K) for K outputs")
+        elif not bool(((y == 0) | (y == 1)).all()):
+            vals = torch.unique(y)[:5].tolist()
+            mismatch(f"{split} targets are not all 0 or 1 (seen e.g. {vals}); multi-label needs 0/1 targets",
+                     "map each label to 0 (absent) or 1 (present)")
+        return out
     if task.task == "classification":
         if y.is_floating_point():
             if y.dim() == 1 or (y.dim() == 2 and y.shape[1] != n_out):
@@ -82,9 +115,12 @@ def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
                      f"{out_shape} cross-entropy needs class ids of shape (N,)",
                      "flatten the targets, e.g. y.reshape(-1) (or y.squeeze(1))")
             return out
-        lo, hi = int(y.min()), int(y.max())
+        ids = y[y != IGNORE_INDEX]
+        if ids.numel() == 0:
+            return out
+        lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= n_out:
-            bad = int(((y < 0) | (y >= n_out)).sum())
+            bad = int(((ids < 0) | (ids >= n_out)).sum())
             mismatch(f"{split} targets hold class ids from {lo} to {hi}, but the model has {n_out} outputs, "
                      f"so only ids 0..{n_out - 1} fit ({bad} of {len(y)} targets are outside)",
                      f"give the model's last layer {hi + 1} outputs, or map the labels to 0..{n_out - 1}")
@@ -121,6 +157,8 @@ def check_labels(split: str, y: torch.Tensor, task, loss_name: str) -> list:
 def check_balance(split: str, y: torch.Tensor, task) -> list:
     if task.task not in ("classification", "binary") or split != "train":
         return []
+    if not y.is_floating_point():
+        y = y[y != IGNORE_INDEX]  # positions cross-entropy skips are not a class
     if task.task == "classification" and y.is_floating_point() and y.dim() == 2 and y.shape[1] == task.n_outputs:
         # one-hot or soft labels (N, C): a class's count is its column's sum, not the count of 0s and 1s
         cols = y[torch.isfinite(y).all(1)]
@@ -182,9 +220,11 @@ def merge_splits(found: list) -> list:
     return list(merged.values())
 
 
-def preflight(split: str, x: torch.Tensor, y: torch.Tensor, task, loss_name: str) -> list:
-    """All data checks on one split: a list of ``(HealthWarning, fatal)``."""
+def preflight(split: str, x, y, task, loss_name: str) -> list:
+    """All data checks on one split: a list of ``(HealthWarning, fatal)``. ``x``: the inputs (a
+    tensor, or ``[(name, tensor)]``); ``y``: the targets, or None when a custom step reads them."""
     found = check_finite(split, x, y)
-    found += check_labels(split, y, task, loss_name)
-    found += check_balance(split, y, task)
+    if y is not None and task.task != "custom":
+        found += check_labels(split, y, task, loss_name)
+        found += check_balance(split, y, task)
     return found

@@ -1,4 +1,4 @@
-"""Runs the health rules as a run goes: a duck-typed callback of the engine.
+"""Runs the health rules as a run goes: a callback of the engine.
 
 The monitor copies the newly logged steps into a :class:`Signals` (cheap list
 appends), and evaluates the rules:
@@ -28,6 +28,7 @@ import weakref
 from typing import Callable, Optional
 
 from . import fit, gradients, learning_rate
+from ..callbacks.base import Callback
 from .baseline import trivial_loss
 from .signals import Context, Signals
 from .warning import HealthWarning
@@ -120,7 +121,7 @@ def _overfitting(s: Signals, ctx: Context, codes: set) -> Optional[HealthWarning
     return fit.overfitting(s, ctx)
 
 
-class HealthMonitor:
+class HealthMonitor(Callback):
     """A callback of the engine that evaluates the health rules and raises their warnings."""
 
     def __init__(self, task, loss_name: str):
@@ -228,9 +229,8 @@ class HealthMonitor:
             return _BASELINES[src]
         except (KeyError, TypeError):
             pass
-        try:
-            _, y = src.sample()
-        except (ValueError, TypeError, RuntimeError):
+        y = engine.target_sample() if hasattr(engine, "target_sample") else None
+        if y is None:
             return None
         n_classes = getattr(self.task, "n_classes", 2)
         value = trivial_loss(y, getattr(self.task, "task", ""), self.loss_name, n_classes)
