@@ -1,9 +1,12 @@
 """Throughput of the Trainer's engine against a bare hand-written PyTorch loop.
 
-Two reference workloads:
+Three reference workloads:
 
   digits  MLP 64-256-256-10 on scikit-learn's digits (1497 train / 300 val), Adam, batch 64
   random  MLP 784-512-512-10 on 20k random samples (18k train / 2k val), Adam, batch 128
+  bert    a tiny transformers BertForSequenceClassification (2 layers, hidden 32, built from a
+          config) on dict batches {input_ids, attention_mask, labels} from a DataLoader, batch 32,
+          trained on the model's own loss; the bare loop does ``model(**batch).loss``
 
 The bare loop does forward, backward, step, zero_grad on batches drawn with a
 ``randperm`` over in-memory tensors (the Trainer's batching), and the same
@@ -45,6 +48,7 @@ class Workload:
     batch_size: int
     epochs: int
     lr: float = 1e-3
+    kind: str = "tensors"   # "tensors": (X, y) pairs; "dict": DataLoaders of dict batches
 
 
 def mlp(sizes, seed=0) -> nn.Module:
@@ -73,6 +77,24 @@ def random_workload(epochs: int) -> Workload:
     y = torch.randint(0, 10, (20_000,), generator=g)
     return Workload("random 784-512-512-10, batch 128", mlp([784, 512, 512, 10]),
                     (x[:18_000], y[:18_000]), (x[18_000:], y[18_000:]), 10, 128, epochs)
+
+
+def bert_workload(epochs: int) -> Workload:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (1280, 24), generator=g)
+    labels = (ids == 7).any(1).long()
+    items = [{"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i]), "labels": labels[i]}
+             for i in range(len(ids))]
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg)
+    from torch.utils.data import DataLoader
+    train = DataLoader(items[:1024], batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    val = DataLoader(items[1024:], batch_size=64)
+    return Workload("tiny BERT on dict batches, batch 32", model, train, val, 2, 32, epochs, lr=1e-3, kind="dict")
 
 
 def sync(device: torch.device) -> None:
@@ -108,8 +130,51 @@ def validate(model, xv, yv, n_classes):
             "val_precision": sum(precision) / k, "val_recall": sum(recall) / k, "val_f1": sum(f1) / k}
 
 
+def validate_dicts(model, val, n_classes, device):
+    """The same record as :func:`validate`, over a DataLoader of dict batches (the model's own loss)."""
+    model.eval()
+    loss_sum, n = None, 0
+    cm = torch.zeros(n_classes * n_classes, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for batch in val:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            yb = batch["labels"]
+            batch_loss = out.loss * len(yb)
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            n += len(yb)
+            cm += torch.bincount(yb * n_classes + out.logits.argmax(-1), minlength=n_classes * n_classes)
+    model.train()
+    cm = cm.view(n_classes, n_classes)
+    tp, true_n, pred_n = torch.stack([cm.diagonal(), cm.sum(1), cm.sum(0)]).tolist()
+    return {"val_loss": float(loss_sum) / n, "val_accuracy": sum(tp) / n}
+
+
+def bare_dict_run(w: Workload, model, initial, device) -> tuple[int, float, float]:
+    """The hand-written loop over dict batches: ``model(**batch).loss``, backward, step, zero_grad."""
+    sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    model.load_state_dict(initial)
+    opt = torch.optim.Adam(model.parameters(), lr=w.lr)
+    model.train()
+    steps = 0
+    for _ in range(w.epochs):
+        for batch in w.train:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            steps += 1
+        validate_dicts(model, w.val, w.n_classes, device)
+    sync(device)
+    return steps, time.perf_counter() - t0, time.process_time() - c0
+
+
 def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, float, float]:
     """Train ``epochs`` epochs from ``initial``; return (steps, wall seconds, CPU seconds)."""
+    if w.kind == "dict":
+        return bare_dict_run(w, model, initial, device)
     x, y = train
     xv, yv = val
     sync(device)
@@ -185,8 +250,8 @@ def summarize(label_a: str, label_b: str, pairs: list) -> dict:
 
 
 def bench_workload(w: Workload, args, device) -> dict:
-    train = tuple(t.to(device) for t in w.train)
-    val = tuple(t.to(device) for t in w.val)
+    train = tuple(t.to(device) for t in w.train) if w.kind == "tensors" else w.train
+    val = tuple(t.to(device) for t in w.val) if w.kind == "tensors" else w.val
     if args.mode in ("bare", "overall"):
         # "bare": the engine (the health diagnostics of issue 4 off) against the hand-written loop;
         # "overall": the Trainer as a user gets it (diagnostics on) against the same loop
@@ -245,13 +310,14 @@ def main(argv=None) -> int:
                    help="bare: hand-written loop vs Trainer(diagnostics=False) (the engine); diagnostics: "
                         "Trainer(diagnostics=False) vs True; overall: loop vs Trainer(diagnostics=True); "
                         "all (default): the three in turn")
-    p.add_argument("--workload", choices=("digits", "random", "all"), default="all")
+    p.add_argument("--workload", choices=("digits", "random", "bert", "all"), default="all")
     p.add_argument("--pairs", type=int, default=11, help="alternating pairs (median taken; >= 5 for a figure)")
     p.add_argument("--quick", action="store_true", help="short smoke run: 3 pairs, 1-3 epochs")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--digits-epochs", type=int, default=20)
     p.add_argument("--random-epochs", type=int, default=2)
+    p.add_argument("--bert-epochs", type=int, default=3)
     p.add_argument("--target", type=float, default=0.97, help="ratio the Trainer must keep")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one Trainer run per workload")
     p.add_argument("--json", help="also write the results to this file")
@@ -260,6 +326,7 @@ def main(argv=None) -> int:
         args.pairs = min(args.pairs, 3)
         args.digits_epochs = min(args.digits_epochs, 3)
         args.random_epochs = 1
+        args.bert_epochs = 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -270,6 +337,8 @@ def main(argv=None) -> int:
         workloads.append(digits_workload(args.digits_epochs))
     if args.workload in ("random", "all"):
         workloads.append(random_workload(args.random_epochs))
+    if args.workload in ("bert", "all"):
+        workloads.append(bert_workload(args.bert_epochs))
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"mode {args.mode}, {args.pairs} pairs{' (quick)' if args.quick else ''}")

@@ -13,6 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import HTML, display
 
 from .config import FIELDS, TrainConfig
+from .metrics import LOSSES
 from .session import TASK_CHOICES, Trainer, all_trainers
 
 
@@ -49,6 +50,12 @@ class TrainerMagics(Magics):
     @argument("--task", default="auto", choices=TASK_CHOICES, help="what the model predicts (default: auto)")
     @argument("--loss", default=None, help="loss name (cross_entropy, bce, mse, mae, huber) or an expression")
     @argument("--store", default=".nb_trainer", help="folder for run records; 'none' keeps nothing on disk")
+    @argument("--target", default=None, help="the key of the target in dict batches (default: labels, label, "
+              "target, targets or y, the first present)")
+    @argument("--inputs", default=None, type=int, help="how many leading elements of a tuple batch are inputs "
+              "(default: from the model's forward signature)")
+    @argument("--step", default=None, help="a function step(model, batch) -> loss | (loss, outputs, targets) "
+              "(a name or expression)")
     @argument("--no-start", action="store_true", help="show the panel without starting a run")
     @argument("--no-panel", action="store_true", help="do not display the panel")
     @_config_arguments
@@ -75,13 +82,15 @@ class TrainerMagics(Magics):
         train = self._lookup(args.train, "TRAIN")
         val = None if args.val is None else self._lookup(args.val, "VAL")
         loss = args.loss
-        if loss is not None and loss.lower() not in ("cross_entropy", "bce", "mse", "mae", "huber"):
+        if loss is not None and loss.lower() not in LOSSES:
             loss = self._lookup(loss, "--loss")
         store = None if str(args.store).lower() == "none" else args.store
+        step = None if args.step is None else self._lookup(args.step, "--step")
         options = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
         try:
             TrainConfig.from_dict(options)
-            trainer = Trainer(model, train, val, task=args.task, loss=loss, store=store, **options)
+            trainer = Trainer(model, train, val, task=args.task, loss=loss, store=store, target=args.target,
+                              inputs=args.inputs, step=step, **options)
         except (ValueError, TypeError) as e:
             raise UsageError(str(e)) from None
         if not args.no_panel:

@@ -99,6 +99,7 @@ class Layout:
     pass_keys: Optional[tuple] = None     # dict: the keys given to forward (None: all of them)
     positional_key: Optional[str] = None  # dict: the one key given positionally (forward(x) and one input)
     labels_key: Optional[str] = None      # dict / tensor: the target is also given to forward under this name
+    target_is_input: bool = False         # dict: the target is an input too (a causal LM's input_ids)
 
     def describe(self) -> str:
         if self.kind == "pair":
@@ -190,7 +191,7 @@ def _dict_layout(sig: Signature, batch: Mapping, target: Optional[str], causal_l
         if causal_lm and "input_ids" in batch:
             # a causal LM is its own target: the labels are the input ids (it shifts them)
             return Layout("dict", target_key="input_ids", pass_keys=passed,
-                          labels_key="labels" if sig.takes("labels") else None)
+                          labels_key="labels" if sig.takes("labels") else None, target_is_input=True)
         raise ValueError("each batch is a dict with keys " + ", ".join(repr(k) for k in keys)
                          + "; none is a target (looked for " + ", ".join(repr(k) for k in TARGET_KEYS)
                          + "): pass target='<key>', or step=fn(model, batch)")
@@ -270,7 +271,7 @@ class Step:
             if lay.positional_key is not None:
                 return (batch[lay.positional_key],), {}, y, None
             keys = batch.keys() if lay.pass_keys is None else lay.pass_keys
-            kwargs = {k: batch[k] for k in keys if k != lay.target_key and k in batch}
+            kwargs = {k: batch[k] for k in keys if (k != lay.target_key or lay.target_is_input) and k in batch}
             if lay.labels_key and self.use_model_loss:
                 # the model computes its own loss from the labels (Hugging Face); with our loss it
                 # need not, and is not given them

@@ -95,6 +95,23 @@ def test_expressions_and_no_val(ip):
     assert "train_loss" in run.epochs[-1] and "val_loss" not in run.epochs[-1]
 
 
+def test_step_target_and_inputs_options_reach_the_trainer(ip):
+    import torch
+    shell, made = ip
+    (x, y) = shell.user_ns["train"]
+    shell.user_ns["rows"] = {"pixels": x, "digit": y}
+    shell.user_ns["my_step"] = lambda m, b: torch.nn.functional.cross_entropy(m(b["pixels"]), b["digit"])
+    with capture_output():
+        t = nbtrain(shell, made, "model rows --step my_step --epochs 1 --no-panel --store none")
+        t2 = nbtrain(shell, made, "model rows --target digit --epochs 1 --no-panel --no-start --store none")
+        t3 = nbtrain(shell, made, "model train --inputs 1 --no-panel --no-start --store none")
+    assert t.wait(timeout=30).status == "finished" and t.loss_from == "step"
+    assert t2.layout.target_key == "digit" and t2.task == "classification"
+    assert t3.layout.n_inputs == 1
+    for name in ("rows", "my_step"):
+        shell.user_ns.pop(name)
+
+
 @pytest.mark.parametrize("line, words", [
     ("nosuchmodel train val --no-start", ["nosuchmodel", "MODEL", "not a name"]),
     ("model nosuchdata val --no-start", ["nosuchdata", "TRAIN"]),

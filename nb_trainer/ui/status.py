@@ -42,6 +42,8 @@ def progress(run) -> tuple[int, int, str]:
         text += f" · {rate:,.0f} steps/s"
     if run.status in ("running", "paused") and spe and rate:
         text += f" · ETA {_duration((total - done) / rate)}"
+    elif run.status in ("running", "paused") and not spe:
+        text += " · epoch length unknown (a stream): no ETA"
     elif run.ended_at:
         text += f" · took {_duration(elapsed)}"
     return min(done, total), total, text
