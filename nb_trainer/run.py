@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from .config import TrainConfig
 from .health.warning import HealthWarning
+from .tasks import TASK_TABLE, main_metric
 
 STATUSES = ("pending", "running", "paused", "finished", "stopped", "failed", "diverged", "interrupted")
 ENDED = ("finished", "stopped", "failed", "diverged", "interrupted")
@@ -91,7 +92,9 @@ class RunReading:
     def __repr__(self) -> str:
         last = self.last
         extra = ""
-        for key in ("val_accuracy", "val_r2", "val_loss", "train_loss"):
+        task = getattr(self, "task", "") or ""
+        for key in (main_metric(task)[0] if task in TASK_TABLE else "val_accuracy", "val_r2", "val_loss",
+                    "train_loss"):
             if last.get(key) is not None:
                 extra = f", {key}={last[key]:.4g}"
                 break

@@ -42,6 +42,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..tasks import TASK_TABLE
+
 MAX_POINTS = 2000      # per line, after decimation
 FAINT_RUNS = 3         # earlier runs drawn under the current one
 SNAPSHOT_VERSION = 1
@@ -49,11 +51,8 @@ STEP_SERIES = ("loss", "grad_norm", "lr")
 EPOCH_SERIES = ("val_loss", "metric")
 SERIES = STEP_SERIES + EPOCH_SERIES
 
-MAIN_METRIC = {
-    "classification": ("val_accuracy", "val accuracy"),
-    "binary": ("val_f1", "val F1"),
-    "regression": ("val_r2", "val R²"),
-}
+# the epoch-record name and axis title of each task's main metric, from the one task table
+MAIN_METRIC = {name: ("val_" + t.main, t.main_label) for name, t in TASK_TABLE.items()}
 
 _FAINT_ALPHA = (0.38, 0.24, 0.15)   # newest earlier run first
 _COLORS = {"loss": "tab:blue", "val_loss": "tab:orange", "metric": "tab:green",

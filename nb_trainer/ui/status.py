@@ -9,7 +9,7 @@ import math
 from typing import Optional, Sequence
 
 from ..config import format_value
-from ..metrics import MAIN_METRIC
+from ..tasks import main_metric
 
 STATUS_COLORS = {
     "pending": "#666", "running": "#1a7f37", "paused": "#9a6700", "finished": "#0550ae",
@@ -82,7 +82,7 @@ def fix_label(fix: dict) -> str:
 
 def best_metric(run, task: str) -> tuple[Optional[str], Optional[float]]:
     """The run's best main validation metric (or lowest loss when there is no val)."""
-    name, higher = MAIN_METRIC.get(task, ("val_loss", False))
+    name, higher = main_metric(task)
     values = [e.get(name) for e in run.epochs if e.get(name) is not None]
     if not values:
         name, higher = ("val_loss", False) if any("val_loss" in e for e in run.epochs) else ("train_loss", False)
