@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle", "linear", "step", "plateau")
+PRECISIONS = ("32", "bf16", "16")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,20 @@ FIELDS: dict[str, FieldSpec] = {
                   low=0, high=100_000, slider_low=0, slider_high=50, off=0),
         FieldSpec("seed", "int", "seed", "seeds weights-independent randomness (shuffling, dropout)",
                   low=0, high=2**63 - 1),
+        FieldSpec("schedule", "choice", "lr schedule",
+                  "constant; cosine (to 0); onecycle (fastai's fit_one_cycle: up then down, momentum the "
+                  "other way); linear (to 0); step (÷10 at 50% and 75% of the steps); plateau (÷10 when the "
+                  "val loss stalls)", choices=SCHEDULES),
+        FieldSpec("warmup", "float", "warmup",
+                  "fraction of the run's steps spent warming the lr up linearly before the schedule "
+                  "(onecycle: the fraction spent rising); 0 is off",
+                  low=0.0, high=0.5, slider_low=0.0, slider_high=0.5, off=0.0),
+        FieldSpec("accumulate", "int", "accumulate",
+                  "batches whose gradients are summed before each optimizer step (the effective batch is "
+                  "accumulate × batch size)", low=1, high=4096, slider_low=1, slider_high=64),
+        FieldSpec("precision", "choice", "precision",
+                  "32: float32; bf16: bfloat16 autocast (CPU and CUDA); 16: float16 autocast with a "
+                  "gradient scaler (CUDA only)", choices=PRECISIONS),
     )
 }
 
@@ -122,6 +138,10 @@ class TrainConfig:
     grad_clip: float = 0.0
     patience: int = 0
     seed: int = 0
+    schedule: str = "constant"
+    warmup: float = 0.0
+    accumulate: int = 1
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         for spec in FIELDS.values():
@@ -174,6 +194,8 @@ def _check(spec: FieldSpec, value: Any) -> Any:
     if value is None and spec.nullable:
         return None
     if spec.kind == "choice":
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and str(value) in spec.choices:
+            return str(value)  # precision=16 means "16"
         if not isinstance(value, str) or value.lower() not in spec.choices:
             raise bad()
         return value.lower()

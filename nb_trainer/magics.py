@@ -35,7 +35,7 @@ def _option(spec):
 def _config_arguments(func):
     for spec in reversed(list(FIELDS.values())):
         func = argument(f"--{spec.name}", type=_option(spec), default=None,
-                        help=f"{spec.help} ({spec.accepted()})")(func)
+                        help=f"{spec.help} ({spec.accepted()})".replace("%", "%%"))(func)
     return func
 
 

@@ -352,11 +352,12 @@ def check_step_result(result: StepResult, what: str) -> None:
         raise TypeError(f"{what} gave a loss of dtype {loss.dtype}; it must be a floating-point tensor")
 
 
-def evaluate(step: Step, model, batches, task, device, prefix: str = "val_") -> dict:
+def evaluate(step: Step, model, batches, task, device, prefix: str = "val_", autocast=None) -> dict:
     """Loss and task metrics of ``model`` over ``batches`` (eval mode, no gradients).
 
-    ``task``: a :class:`~nb_trainer.data_task.TaskInfo`. The loss is the mean over
-    examples (each batch weighted by its size); causal LMs also get perplexity.
+    ``task``: a :class:`~nb_trainer.data.TaskInfo`. The loss is the mean over examples
+    (each batch weighted by its size); causal LMs also get perplexity. ``autocast``: a
+    context-manager factory (the run's mixed precision), or None.
     """
     was_training = model.training
     model.eval()
@@ -366,12 +367,17 @@ def evaluate(step: Step, model, batches, task, device, prefix: str = "val_") -> 
     try:
         with torch.no_grad():
             for batch in batches:
-                r = step(model, batch)
+                if autocast is None:
+                    r = step(model, batch)
+                else:
+                    with autocast():
+                        r = step(model, batch)
                 batch_loss = r.loss.detach().float() * r.n
                 loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
                 n += r.n
                 if acc is not None and r.pred is not None:
-                    acc.update(r.pred, r.target)
+                    acc.update(r.pred.float() if r.pred.dtype in (torch.float16, torch.bfloat16) else r.pred,
+                               r.target)
     finally:
         model.train(was_training)
     loss = float(loss_sum) / n if n else float("nan")

@@ -92,6 +92,15 @@ def best_metric(run, task: str) -> tuple[Optional[str], Optional[float]]:
     return name, (max(values) if higher else min(values))
 
 
+def lineage(run) -> str:
+    """`` ← #3 at epoch 20`` for a run continued from another, else ``""``."""
+    parent = getattr(run, "continued_from", None)
+    if not parent:
+        return ""
+    where = f"#{parent['number']}" if parent.get("number") else f"run {parent.get('id')}"
+    return f" ← {where} at epoch {parent.get('epoch')}"
+
+
 def runs_table_html(runs: Sequence, task: str, limit: int = 12) -> str:
     """Table of runs, newest first: config diff from the first run, best metric, status."""
     if not runs:
@@ -108,7 +117,8 @@ def runs_table_html(runs: Sequence, task: str, limit: int = 12) -> str:
         name, value = best_metric(run, task)
         shown = "–" if value is None else f"{value:.4g}"
         color = STATUS_COLORS.get(run.status, "#666")
-        rows.append(f"<tr class='nbt-run-row'><td>#{i + 1}</td><td>{html.escape(changed)}</td>"
+        label = f"#{i + 1}" + lineage(run)
+        rows.append(f"<tr class='nbt-run-row'><td>{html.escape(label)}</td><td>{html.escape(changed)}</td>"
                     f"<td>{len(run.epochs)}/{run.config.epochs}</td><td>{shown}</td>"
                     f"<td style='color:{color}'>{html.escape(run.status)}</td></tr>")
     head = (f"<tr><th>run</th><th>config (vs #1)</th><th>epochs</th>"
