@@ -21,6 +21,10 @@ pair means little).
   python benchmarks/bench_engine.py --mode diagnostics   # Trainer(diagnostics=True) vs (False)
   python benchmarks/bench_engine.py --device cuda --threads 4
   python benchmarks/bench_engine.py --profile       # cProfile of one Trainer run (hot path)
+  python benchmarks/bench_engine.py --mode bare --schedule cosine --warmup 0.1
+        # both sides follow a cosine schedule with warmup (the bare loop with torch.optim.lr_scheduler)
+  python benchmarks/bench_engine.py --device cuda --precision 16
+        # both sides in float16 autocast with a GradScaler (bf16: autocast only)
 """
 from __future__ import annotations
 
@@ -31,9 +35,15 @@ import sys
 import time
 from dataclasses import dataclass
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import lr_scheduler
+
+# set from the command line: the schedule and precision both sides train with
+RECIPE = {"schedule": "constant", "warmup": 0.0, "precision": "32"}
 
 VAL_BATCH = 1024  # the engine's evaluation batch
 
@@ -150,23 +160,59 @@ def validate_dicts(model, val, n_classes, device):
     return {"val_loss": float(loss_sum) / n, "val_accuracy": sum(tp) / n}
 
 
+class BareRecipe:
+    """The hand-written loop's schedule (torch.optim.lr_scheduler) and mixed precision (autocast, GradScaler)."""
+
+    def __init__(self, opt, total_steps: int, device):
+        sched, warm = RECIPE["schedule"], RECIPE["warmup"]
+        self.scheduler = None
+        if sched != "constant" or warm > 0:
+            w = int(round(warm * total_steps))
+            main = {"constant": lambda: lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),
+                    "cosine": lambda: lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps - w),
+                    "linear": lambda: lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=total_steps - w)}[sched]()
+            self.scheduler = main if w == 0 else lr_scheduler.SequentialLR(
+                opt, [lr_scheduler.LinearLR(opt, start_factor=1 / (w + 1), total_iters=w), main], milestones=[w])
+        precision = RECIPE["precision"]
+        self.dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
+        self.opt = opt
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward_step(self, loss):
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
 def bare_dict_run(w: Workload, model, initial, device) -> tuple[int, float, float]:
     """The hand-written loop over dict batches: ``model(**batch).loss``, backward, step, zero_grad."""
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
     model.load_state_dict(initial)
     opt = torch.optim.Adam(model.parameters(), lr=w.lr)
+    recipe = BareRecipe(opt, w.epochs * len(w.train), device)
     model.train()
     steps = 0
     for _ in range(w.epochs):
         for batch in w.train:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            with recipe.autocast():
+                loss = model(**batch).loss
+            recipe.backward_step(loss)
             steps += 1
-        validate_dicts(model, w.val, w.n_classes, device)
+        with recipe.autocast():
+            validate_dicts(model, w.val, w.n_classes, device)
     sync(device)
     return steps, time.perf_counter() - t0, time.process_time() - c0
 
@@ -181,6 +227,7 @@ def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, floa
     c0, t0 = time.process_time(), time.perf_counter()
     model.load_state_dict(initial)
     opt = torch.optim.Adam(model.parameters(), lr=w.lr)
+    recipe = BareRecipe(opt, w.epochs * -(-len(x) // w.batch_size), device)
     gen = torch.Generator().manual_seed(0)
     model.train()
     steps = 0
@@ -188,12 +235,12 @@ def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, floa
         order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), w.batch_size):
             idx = order[i:i + w.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            with recipe.autocast():
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            recipe.backward_step(loss)
             steps += 1
-        validate(model, xv, yv, w.n_classes)
+        with recipe.autocast():
+            validate(model, xv, yv, w.n_classes)
     sync(device)
     return steps, time.perf_counter() - t0, time.process_time() - c0
 
@@ -203,7 +250,7 @@ def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, floa
 def trainer_run(t, w: Workload, device) -> tuple[int, float, float]:
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
-    run = t.start(optimizer="adam", lr=w.lr, batch_size=w.batch_size, epochs=w.epochs, seed=0)
+    run = t.start(optimizer="adam", lr=w.lr, batch_size=w.batch_size, epochs=w.epochs, seed=0, **RECIPE)
     t.wait()
     sync(device)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -321,7 +368,15 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.97, help="ratio the Trainer must keep")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one Trainer run per workload")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="the lr schedule both sides follow (the bare loop: torch.optim.lr_scheduler)")
+    p.add_argument("--warmup", type=float, default=0.0, help="warmup fraction of the steps (both sides)")
+    p.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+                   help="autocast both sides (16: with a GradScaler; CUDA only)")
     args = p.parse_args(argv)
+    RECIPE.update(schedule=args.schedule, warmup=args.warmup, precision=args.precision)
+    if args.precision == "16" and not args.device.startswith("cuda"):
+        p.error("--precision 16 needs --device cuda (float16 autocast with a GradScaler is CUDA's)")
     if args.quick:
         args.pairs = min(args.pairs, 3)
         args.digits_epochs = min(args.digits_epochs, 3)
@@ -341,7 +396,8 @@ def main(argv=None) -> int:
         workloads.append(bert_workload(args.bert_epochs))
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"mode {args.mode}, {args.pairs} pairs{' (quick)' if args.quick else ''}")
+          f"mode {args.mode}, {args.pairs} pairs{' (quick)' if args.quick else ''}, schedule {args.schedule} "
+          f"warmup {args.warmup:g}, precision {args.precision}")
     results = {}
     ok = True
     modes = ("bare", "diagnostics", "overall") if args.mode == "all" else (args.mode,)
