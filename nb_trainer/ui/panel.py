@@ -62,6 +62,12 @@ class Panel(W.VBox):
         model_p = next(iter(trainer._dropout_p.values()), None)
         self.controls = build_controls(config, trainer.has_dropout, model_p,
                                        cuda=getattr(trainer.device, "type", "cpu") == "cuda")
+        if getattr(trainer.train_data, "is_loader", False):
+            # a DataLoader batches the data itself: the slider would change nothing
+            loader_bs = getattr(trainer.train_data.data, "batch_size", None)
+            self.controls["batch_size"].disabled = True
+            self.controls["batch_size"].tooltip = (f"the DataLoader sets the batch size ({loader_bs}); "
+                                                   "use accumulate for larger effective batches")
         for name, widget in self.controls.items():
             widget.observe(lambda change, name=name: self._on_control(name, change["new"]), names="value")
 
