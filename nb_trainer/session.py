@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import door
 from . import events as ev
 from .config import FIELDS, TrainConfig, check_names, describe_change
 from .data import TaskInfo, infer_task, make_source, probe_output
@@ -29,13 +30,7 @@ TASK_CHOICES = ("auto",) + TASKS
 _TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
 
-def resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+resolve_device = door.resolve_device
 
 
 class Trainer:
@@ -63,12 +58,14 @@ class Trainer:
     def __init__(self, model: nn.Module, train, val=None, task: str = "auto", loss=None,
                  device="auto", seed: int = 0, store: Optional[str] = ".nb_trainer",
                  diagnostics: bool = True, **defaults: Any):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        door.check_model(model)
         if task not in TASK_CHOICES:
             raise ValueError(f"task={task!r} is not accepted: use one of {', '.join(map(repr, TASK_CHOICES))}")
         check_names(defaults)
         self.defaults = TrainConfig.from_dict({**defaults, "seed": defaults.get("seed", seed)})
+        door.check_store(store)
+        door.check_data(train, "train")
+        door.check_data(val, "val")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.train_data = make_source(train, "train", self.device, model)
@@ -78,6 +75,7 @@ class Trainer:
         self.task_info: TaskInfo = infer_task(task, y_sample, out)
         self.task = self.task_info.task
         self.loss_name, self.loss_fn = resolve_loss(loss, self.task)
+        door.check_loss(loss, self.loss_fn, out, y_sample)
         # BCE needs float targets; int 0/1 labels mean the same thing, so this cast hides nothing
         self._cast_binary = self.loss_name == "bce" and not y_sample.is_floating_point()
         self.data_warnings = preflight("train", x_sample, y_sample, self.task_info, self.loss_name)
@@ -134,6 +132,8 @@ class Trainer:
         config (or the Trainer's defaults). A running run is stopped first.
         Bad values raise ``ValueError`` here, before anything stops.
         """
+        door.check_config_arg(config)
+        door.check_trainable(self.model)
         if config is None:
             config = self.config(**changes)
         elif changes:
@@ -219,6 +219,7 @@ class Trainer:
         Repeated calls within ``delay`` merge their changes and start one run,
         which is what a dragged slider needs.
         """
+        door.check_delay(delay)
         with self._lock:
             pending = getattr(self, "_pending_changes", {}) if self._debounce is not None else {}
             merged = {**pending, **changes}

@@ -23,7 +23,7 @@ def headless_modules() -> list[str]:
              "nb_trainer.events", "nb_trainer.run", "nb_trainer.session", "nb_trainer.health"]
     names += sorted(f"nb_trainer.health.{p.stem}" for p in (PACKAGE / "health").glob("*.py")
                     if p.stem != "__init__")
-    names += [f"nb_trainer.{m}" for m in ("store", "lr_finder")
+    names += [f"nb_trainer.{m}" for m in ("store", "lr_finder", "door")
               if (PACKAGE / f"{m}.py").exists() or (PACKAGE / m / "__init__.py").exists()]
     return names + ["nb_trainer"]
 
