@@ -281,6 +281,8 @@ def _weights_file(weights_dir: Path, name) -> Optional[Path]:
     """
     if not isinstance(name, str) or not name or name in (".", "..") or "\x00" in name:
         return None
+    if len(name.encode("utf-8", "surrogatepass")) > 255:     # longer than any file name can be
+        return None
     if os.path.basename(name) != name or "/" in name or "\\" in name or os.path.isabs(name):
         return None
     path = weights_dir / name
@@ -646,10 +648,11 @@ def _create_db(db_path: Path) -> None:
                 leftover.unlink()
 
 
-def _check_db(conn: sqlite3.Connection, db_path: Path, deep: bool) -> None:
-    """Raise :class:`StoreCorruptError` unless ``db_path`` is a sound run store database.
+def _open_checked(db_path: Path, deep: bool) -> sqlite3.Connection:
+    """A connection to ``db_path``, once it is known to be a sound run store database.
 
-    Reads only. ``deep``: also run SQLite's ``quick_check`` over every page.
+    Raises :class:`StoreCorruptError` otherwise. Reads only. ``deep``: also run
+    SQLite's ``quick_check`` over every page.
     """
     try:
         size = db_path.stat().st_size
@@ -657,7 +660,9 @@ def _check_db(conn: sqlite3.Connection, db_path: Path, deep: bool) -> None:
         raise StoreCorruptError(db_path, "the file is gone") from None
     if size == 0:
         raise StoreCorruptError(db_path, "the file is empty (0 bytes): it was truncated or never finished")
+    conn = None
     try:
+        conn = _connect(db_path)        # reads the file's header: "file is not a database" comes here
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "runs" not in tables:
             raise StoreCorruptError(db_path, "it is an SQLite database without nb_trainer's tables (no table "
@@ -666,20 +671,20 @@ def _check_db(conn: sqlite3.Connection, db_path: Path, deep: bool) -> None:
             verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if verdict != "ok":
                 raise StoreCorruptError(db_path, f"it is damaged (SQLite's quick_check says: {verdict})")
-    except StoreCorruptError:
+        return conn
+    except BaseException as e:
+        if conn is not None:
+            conn.close()
+        if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, StoreCorruptError) and _is_corruption(e):
+            raise StoreCorruptError(db_path, f"it is not a readable SQLite database ({e})") from None
         raise
-    except sqlite3.DatabaseError as e:
-        if not _is_corruption(e):
-            raise
-        raise StoreCorruptError(db_path, f"it is not a readable SQLite database ({e})") from None
 
 
 def _init_db(db_path: Path) -> None:
     if not db_path.exists():
         _create_db(db_path)
-    conn = _connect(db_path)
+    conn = _open_checked(db_path, deep=True)
     try:
-        _check_db(conn, db_path, deep=True)
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             # switching to WAL can answer "locked" without waiting on the busy timeout when
@@ -970,12 +975,16 @@ def _store_db(path, name: str = "path") -> tuple[Path, Path]:
     return store_path, db_path
 
 
-def _read_rows(db_path: Path, sql: str, args: tuple = ()) -> tuple[list, dict, dict]:
-    """Runs matching ``sql`` with their epoch and warning rows, in one read transaction (a snapshot)."""
-    conn = _connect(db_path)
-    conn.row_factory = sqlite3.Row
+def _read_rows(db_path: Path, sql: str, args: tuple = (), check: bool = False) -> tuple[list, dict, dict]:
+    """Runs matching ``sql`` with their epoch and warning rows, in one read transaction (a snapshot).
+
+    ``check``: also run SQLite's ``quick_check``, and warn when the pages read
+    came from a damaged database.
+    """
+    conn = None
     try:
-        _check_db(conn, db_path, deep=False)
+        conn = _open_checked(db_path, deep=False)
+        conn.row_factory = sqlite3.Row
         conn.execute("BEGIN")
         rows = conn.execute(sql, args).fetchall()
         ids = None if not args else set(args)
@@ -987,6 +996,7 @@ def _read_rows(db_path: Path, sql: str, args: tuple = ()) -> tuple[list, dict, d
         for run_id, record in conn.execute("SELECT run_id, record FROM warnings ORDER BY run_id, pos"):
             if ids is None or run_id in ids:
                 warns.setdefault(run_id, []).append(record)
+        verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if check else "ok"
         conn.execute("COMMIT")
     except StoreCorruptError:
         raise
@@ -997,7 +1007,13 @@ def _read_rows(db_path: Path, sql: str, args: tuple = ()) -> tuple[list, dict, d
             raise StoreCorruptError(db_path, f"it is not a complete run store ({e})") from None
         raise
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
+    if verdict != "ok":
+        warnings.warn(
+            f"the run store database {str(db_path)!r} is damaged (SQLite's quick_check says: {verdict}); the "
+            f"{len(rows)} runs read from it may lack records, and nb_trainer will not write into it. Keep a copy "
+            f"of it; `sqlite3 {db_path} .recover` may get more back.", StoreWarning, stacklevel=4)
     return rows, epochs, warns
 
 
@@ -1017,7 +1033,7 @@ _SELECT_RUNS = "SELECT rowid AS _rowid, * FROM runs"
 
 
 def _load(db_path: Path, store_path: Path) -> list[RunRecord]:
-    rows, epochs, warns = _read_rows(db_path, _SELECT_RUNS + " ORDER BY started_at, rowid")
+    rows, epochs, warns = _read_rows(db_path, _SELECT_RUNS + " ORDER BY started_at, rowid", check=True)
     records = _records(rows, epochs, warns, store_path)
     damaged = [r for r in records if r.problems]
     if damaged:
@@ -1132,6 +1148,9 @@ def _read_weights(file: Path, run_id: str):
     except FileNotFoundError:
         raise FileNotFoundError(f"the weights file {str(file)!r} of run {run_id!r} is missing "
                                 "(moved or deleted since the run ended)") from None
+    except OSError as e:
+        raise CorruptWeightsError(f"the weights file {_short(str(file))} of run {run_id!r} cannot be read: "
+                                  f"{type(e).__name__}: {e.strerror}") from None
     if size == 0:
         raise CorruptWeightsError(f"the weights file {str(file)!r} of run {run_id!r} is empty (0 bytes): it was "
                                   "truncated and cannot be loaded")
@@ -1140,7 +1159,7 @@ def _read_weights(file: Path, run_id: str):
     except pickle.UnpicklingError as e:
         try:
             hostile = _names_code(_pickle_of(file))
-        except (OSError, zipfile.BadZipFile, RuntimeError):
+        except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
             hostile = False
         if hostile:
             raise pickle.UnpicklingError(
@@ -1148,7 +1167,7 @@ def _read_weights(file: Path, run_id: str):
                 f"could run arbitrary code ({str(e).strip().splitlines()[-1] if str(e).strip() else e})") from None
         raise CorruptWeightsError(f"the weights file {str(file)!r} of run {run_id!r} is damaged or not a PyTorch "
                                   "weights file; it cannot be loaded (nothing in it was run)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # the reader of a damaged file fails in many ways (EOFError, IndexError, a zip error)
         raise CorruptWeightsError(f"the weights file {str(file)!r} of run {run_id!r} is damaged or truncated; it "
                                   f"cannot be loaded ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(state, dict):
