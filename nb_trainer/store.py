@@ -622,26 +622,27 @@ def _create_db(db_path: Path) -> None:
     another process halfway through creating it.
     """
     tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    conn = sqlite3.connect(os.fspath(tmp), isolation_level=None)
     try:
-        conn.execute("BEGIN")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA journal_mode = WAL")     # kept in the file's header
-    finally:
-        conn.close()
-    try:
-        os.link(tmp, db_path)           # fails if another process put its database there first
-    except FileExistsError:
-        pass                            # theirs is as good as ours
-    except OSError:
-        # a file system without hard links: rename instead (two processes creating the
-        # same store at the same instant may then each keep their own first runs)
-        if not db_path.exists():
-            os.replace(tmp, db_path)
+        conn = sqlite3.connect(os.fspath(tmp), isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")     # kept in the file's header
+        finally:
+            conn.close()
+        try:
+            os.link(tmp, db_path)       # fails if another process put its database there first
+        except FileExistsError:
+            pass                        # theirs is as good as ours
+        except OSError:
+            # a file system without hard links: rename instead (two processes creating the
+            # same store at the same instant may then each keep their own first runs)
+            if not db_path.exists():
+                os.replace(tmp, db_path)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             with contextlib.suppress(OSError):
@@ -802,7 +803,19 @@ def _changes_from(text: Any, problems: list) -> list:
     return changes
 
 
+_PLAIN_VALUES = {int, float, type(None)}     # what an epoch record holds (bool is not among them)
+
+
 def _epoch_from(epoch: Any, text: Any, problems: list) -> Optional[dict]:
+    if isinstance(text, str):
+        # the sound case, read fast (a store holds one such record per epoch of every run)
+        try:
+            record = json.loads(text)
+        except (ValueError, RecursionError):
+            record = None
+        if type(record) is dict and type(record.get("epoch")) is int and \
+                set(map(type, record.values())) <= _PLAIN_VALUES:
+            return record
     what = f"the record of epoch {_short(epoch, 20)}"
     record = _json(text, what, problems)
     if record is None:
@@ -987,15 +1000,15 @@ def _read_rows(db_path: Path, sql: str, args: tuple = (), check: bool = False) -
         conn.row_factory = sqlite3.Row
         conn.execute("BEGIN")
         rows = conn.execute(sql, args).fetchall()
-        ids = None if not args else set(args)
+        # with args (one run's id): only that run's epochs and warnings
+        where = " WHERE run_id=?" if args else ""
         epochs: dict = {}
-        for run_id, epoch, record in conn.execute("SELECT run_id, epoch, record FROM epochs ORDER BY run_id, epoch"):
-            if ids is None or run_id in ids:
-                epochs.setdefault(run_id, []).append((epoch, record))
+        for run_id, epoch, record in conn.execute(
+                f"SELECT run_id, epoch, record FROM epochs{where} ORDER BY run_id, epoch", args):
+            epochs.setdefault(run_id, []).append((epoch, record))
         warns: dict = {}
-        for run_id, record in conn.execute("SELECT run_id, record FROM warnings ORDER BY run_id, pos"):
-            if ids is None or run_id in ids:
-                warns.setdefault(run_id, []).append(record)
+        for run_id, record in conn.execute(f"SELECT run_id, record FROM warnings{where} ORDER BY run_id, pos", args):
+            warns.setdefault(run_id, []).append(record)
         verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if check else "ok"
         conn.execute("COMMIT")
     except StoreCorruptError:
