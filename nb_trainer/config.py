@@ -14,6 +14,10 @@ from typing import Any, Mapping, Optional
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle", "linear", "step", "plateau")
 PRECISIONS = ("32", "bf16", "16")
+# The largest weight_decay and l1 accepted. At 100 the default lr (1e-3) already shrinks the
+# weights by a tenth a step; beyond it no lr trains, and 1e300 (or anything past float32's 3.4e38)
+# failed at the first step with an overflow deep inside the optimizer.
+MAX_PENALTY = 100.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class FieldSpec:
     off: Any = None
     nullable: bool = False
     live: bool = False
+    why_high: str = ""
 
     def accepted(self) -> str:
         """Say in words what this field accepts."""
@@ -81,9 +86,14 @@ FIELDS: dict[str, FieldSpec] = {
                   live=True),
         FieldSpec("weight_decay", "float", "L2 weight decay",
                   "L2 penalty (decoupled for adamw); 0 is off",
-                  low=0.0, slider_low=1e-6, slider_high=1e-1, log=True, off=0.0, live=True),
+                  low=0.0, high=MAX_PENALTY, slider_low=1e-6, slider_high=1e-1, log=True, off=0.0, live=True,
+                  why_high=("a larger L2 penalty outweighs any loss, so the run cannot train: each step pulls "
+                            "the weights to 0, or, once lr × weight_decay > 2 with sgd, momentum or adamw, "
+                            "makes them grow without bound; past 3.4e38 (float32) it cannot even be applied")),
         FieldSpec("l1", "float", "L1", "L1 penalty on weight matrices added to the loss; 0 is off",
-                  low=0.0, slider_low=1e-7, slider_high=1e-2, log=True, off=0.0, live=True),
+                  low=0.0, high=MAX_PENALTY, slider_low=1e-7, slider_high=1e-2, log=True, off=0.0, live=True,
+                  why_high=("a larger L1 penalty outweighs any loss, so the run cannot train: its gradient "
+                            "alone drives every weight matrix to 0 or past the float range")),
         FieldSpec("dropout", "float", "dropout",
                   "p of every nn.Dropout in the model; None keeps the model's own",
                   low=0.0, high=1.0, high_open=True, slider_low=0.0, slider_high=0.9,
@@ -184,12 +194,22 @@ def check_names(values: Mapping[str, Any]) -> None:
         )
 
 
+def check_value(name: str, value: Any) -> Any:
+    """``value`` normalised for the field ``name``, or ``ValueError`` naming it and what it accepts."""
+    check_names({name: value})
+    return _check(FIELDS[name], value)
+
+
 def _check(spec: FieldSpec, value: Any) -> Any:
     """Return ``value`` normalised for ``spec`` or raise ``ValueError``."""
     name = spec.name
 
     def bad() -> ValueError:
-        return ValueError(f"{name}={value!r} is not accepted: {name} must be {spec.accepted()}")
+        why = ""
+        if spec.why_high and isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and spec.high is not None and float(value) > spec.high:
+            why = f" ({spec.why_high})"
+        return ValueError(f"{name}={value!r} is not accepted: {name} must be {spec.accepted()}{why}")
 
     if value is None and spec.nullable:
         return None

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import sqlite3
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -25,7 +26,13 @@ def _option(spec):
         if spec.nullable and text.lower() == "none":
             return None
         try:
-            return int(text) if spec.kind == "int" else float(text)
+            if spec.kind == "int":
+                try:
+                    return int(text)
+                except ValueError:
+                    # "1e3" as the Python API takes 1e3: a float with an integer value (TrainConfig checks)
+                    return float(text)
+            return float(text)
         except ValueError:
             raise UsageError(f"--{spec.name} {text!r}: {spec.name} must be {spec.accepted()}") from None
     parse.__name__ = spec.name
@@ -139,7 +146,10 @@ class TrainerMagics(Magics):
         from .ui.status import runs_table_html
         if args.all:
             from .store import load_runs
-            records = load_runs(args.store)
+            try:
+                records = load_runs(args.store)
+            except (OSError, ValueError, TypeError, sqlite3.Error) as e:   # no store, a damaged database
+                raise UsageError(f"%nbruns --all: {e}") from None
             display(HTML(_records_table(records)))
             return None
         trainers = [self._trainer(args.trainer)] if args.trainer else all_trainers()
@@ -178,9 +188,12 @@ def _records_table(records) -> str:
         last = r.epochs[-1] if r.epochs else {}
         metric = next((f"{k}={last[k]:.4g}" for k in ("val_accuracy", "val_r2", "val_loss", "train_loss")
                        if last.get(k) is not None), "–")
+        problems = getattr(r, "problems", None)
+        damage = (f"<br><span class='nbt-damaged' style='color:#cf222e'>damaged: "
+                  f"{html.escape('; '.join(problems))}</span>" if problems else "")
         rows.append(f"<tr><td>{html.escape(str(r.id))}</td><td>{html.escape(cfg.optimizer)} lr={cfg.lr:.3g}</td>"
                     f"<td>{len(r.epochs)}/{cfg.epochs}</td><td>{html.escape(metric)}</td>"
-                    f"<td>{html.escape(r.status)}</td></tr>")
+                    f"<td>{html.escape(r.status)}{damage}</td></tr>")
     return ("<table><tr><th>run</th><th>config</th><th>epochs</th><th>last</th><th>status</th></tr>"
             + "".join(rows) + "</table>")
 

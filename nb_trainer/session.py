@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import door
 from . import events as ev
 from .config import FIELDS, TrainConfig, check_names, describe_change
 from .callbacks import Callback
@@ -35,13 +36,7 @@ TASK_CHOICES = ("auto",) + TASKS
 _TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
 
-def resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+resolve_device = door.resolve_device
 
 
 class Trainer:
@@ -79,12 +74,14 @@ class Trainer:
                  device="auto", seed: int = 0, store: Optional[str] = ".nb_trainer",
                  diagnostics: bool = True, target: Optional[str] = None, inputs: Optional[int] = None,
                  step=None, **defaults: Any):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        door.check_model(model)
         if task not in TASK_CHOICES:
             raise ValueError(f"task={task!r} is not accepted: use one of {', '.join(map(repr, TASK_CHOICES))}")
         check_names(defaults)
         self.defaults = TrainConfig.from_dict({**defaults, "seed": defaults.get("seed", seed)})
+        door.check_store(store)
+        door.check_data(train, "train")
+        door.check_data(val, "val")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.train_data = make_source(train, "train", self.device, model)
@@ -165,6 +162,8 @@ class Trainer:
         record from ``nbt.load_runs`` (also of an earlier kernel). The new run
         starts from that run's final weights, with a fresh optimizer and schedule.
         """
+        door.check_config_arg(config)
+        door.check_trainable(self.model)
         if config is None:
             config = self.config(**changes)
         elif changes:
@@ -315,6 +314,7 @@ class Trainer:
         Repeated calls within ``delay`` merge their changes and start one run,
         which is what a dragged slider needs.
         """
+        door.check_delay(delay)
         with self._lock:
             pending = getattr(self, "_pending_changes", {}) if self._debounce is not None else {}
             merged = {**pending, **changes}

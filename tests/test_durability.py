@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nb_trainer.store import DB_NAME, load_runs
+from nb_trainer.store import DB_NAME, load_runs, load_weights
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,10 @@ def test_a_kernel_killed_mid_run_reads_back_interrupted_with_its_epochs(tmp_path
     assert run["epochs"][: len(zombie_view.epochs)] == zombie_view.epochs
     assert all(isinstance(e["train_loss"], float) and "val_loss" in e for e in run["epochs"])
     assert _integrity(store / DB_NAME) == "ok"
+    # no weights (they are saved at a run's end), and the error says why, not "(status 'running')"
+    with pytest.raises(FileNotFoundError, match="it was interrupted") as info:
+        load_weights(store, run["id"])
+    assert "'running'" not in str(info.value)
 
 
 def test_two_kernels_write_one_store_at_once(tmp_path):

@@ -25,7 +25,7 @@ def headless_modules() -> list[str]:
              "nb_trainer.optim", "nb_trainer.probes", "nb_trainer.checkpoints", "nb_trainer.steplog"]
     names += sorted(f"nb_trainer.health.{p.stem}" for p in (PACKAGE / "health").glob("*.py")
                     if p.stem != "__init__")
-    names += [f"nb_trainer.{m}" for m in ("store", "lr_finder")
+    names += [f"nb_trainer.{m}" for m in ("store", "lr_finder", "door")
               if (PACKAGE / f"{m}.py").exists() or (PACKAGE / m / "__init__.py").exists()]
     return names + ["nb_trainer"]
 

@@ -368,7 +368,7 @@ def test_val_data_the_model_cannot_run_on_is_an_error_at_the_door(small_digits, 
 
 def test_a_custom_loss_returning_a_vector_is_refused_at_the_door(small_digits, make_mlp):
     train, _ = small_digits
-    with pytest.raises(ValueError, match="loss=per_example.*scalar"):
+    with pytest.raises(ValueError, match="loss=per_example.*not one number"):
         def per_example(out, y):
             return nn.functional.cross_entropy(out, y, reduction="none")
         nbt.Trainer(make_mlp(64, 10), train, loss=per_example, store=None)
