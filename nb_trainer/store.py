@@ -97,7 +97,10 @@ CREATE TABLE IF NOT EXISTS runs (
     owner_host     TEXT,
     owner_boot     TEXT,
     owner_pid      INTEGER,
-    owner_start    TEXT
+    owner_start    TEXT,
+    continued_from TEXT,            -- JSON: {"id", "number", "epoch", "step"} of the run it continued, or NULL
+    final_weights  TEXT,            -- file name under weights/ of the weights it ended with (continuing)
+    final_epoch    INTEGER          -- the epoch those weights are from
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -117,18 +120,22 @@ CREATE TABLE IF NOT EXISTS warnings (
 _INSERT_RUN = """
 INSERT INTO runs (id, task, model, config, initial_config, status, error, stop_reason, note, parent,
                   best_epoch, best_val_loss, steps, changes, started_at, ended_at, updated_at, weights,
-                  owner_host, owner_boot, owner_pid, owner_start)
+                  owner_host, owner_boot, owner_pid, owner_start, continued_from)
 VALUES (:id, :task, :model, :config, :initial_config, :status, :error, :stop_reason, :note, :parent,
         :best_epoch, :best_val_loss, :steps, :changes, :started_at, :ended_at, :updated_at, :weights,
-        :owner_host, :owner_boot, :owner_pid, :owner_start)
+        :owner_host, :owner_boot, :owner_pid, :owner_start, :continued_from)
 ON CONFLICT(id) DO NOTHING
 """
 _UPDATE_RUN = """
 UPDATE runs SET config=:config, status=:status, error=:error, stop_reason=:stop_reason,
                 best_epoch=:best_epoch, best_val_loss=:best_val_loss, steps=:steps, changes=:changes,
-                ended_at=:ended_at, updated_at=:updated_at, weights=COALESCE(:weights, weights)
+                ended_at=:ended_at, updated_at=:updated_at, weights=COALESCE(:weights, weights),
+                final_weights=COALESCE(:final_weights, final_weights), final_epoch=:final_epoch
 WHERE id=:id
 """
+# columns added since the first schema: an older database gets them (NULL) when it is opened
+_ADDED_COLUMNS = (("continued_from", "TEXT"), ("final_weights", "TEXT"), ("final_epoch", "INTEGER"))
+
 _PUT_EPOCH = "INSERT OR REPLACE INTO epochs (run_id, epoch, record) VALUES (?, ?, ?)"
 _PUT_WARNING = "INSERT OR REPLACE INTO warnings (run_id, code, pos, record) VALUES (?, ?, ?, ?)"
 
@@ -383,8 +390,9 @@ class RunStore:
         self._catch_up()
         self._write(run)
 
-    def record_end(self, run, best_state: Optional[dict] = None) -> None:
-        """Save the best weights, then write the final status. Forgets the run afterwards.
+    def record_end(self, run, best_state: Optional[dict] = None, final_state: Optional[dict] = None) -> None:
+        """Save the best weights (and the final ones, when they are another epoch's: a later run can
+        continue from them), then write the final status. Forgets the run afterwards.
 
         Weights that cannot be written raise :class:`WeightsWriteError` *after*
         the final record is written; a final record that cannot be written is
@@ -395,12 +403,16 @@ class RunStore:
         try:
             # the row first: the weights file is named by the id the run is stored under
             active = self._active.get(run) or self._write(run)
-            if best_state:
-                try:
+            final = None
+            try:
+                if best_state:
                     weights = self._save_weights(active.key, best_state)
-                except WeightsWriteError as e:
-                    weights_error = e
-            self._write(run, weights=weights)
+                if final_state:
+                    same = weights is not None and getattr(run, "final_epoch", None) == run.best_epoch
+                    final = weights if same else self._save_weights(active.key + ".final", final_state)
+            except WeightsWriteError as e:
+                weights_error = e
+            self._write(run, weights=weights, final_weights=final)
         except (sqlite3.Error, OSError):
             with self._active_lock:
                 self._unwritten[run] = weights
@@ -426,7 +438,8 @@ class RunStore:
                 with self._active_lock:
                     self._unwritten.update(pending)
 
-    def _write(self, run, model_name: Optional[str] = None, weights: Optional[str] = None) -> _Active:
+    def _write(self, run, model_name: Optional[str] = None, weights: Optional[str] = None,
+               final_weights: Optional[str] = None) -> _Active:
         """Write the run's row and what is new since the last write, in one transaction.
 
         What the store remembers having written changes only once the
@@ -440,7 +453,7 @@ class RunStore:
             if state.key is None:
                 state.key = self._insert(conn, run, model_name)
             else:
-                conn.execute(_UPDATE_RUN, self._row(run, state.key, weights=weights))
+                conn.execute(_UPDATE_RUN, self._row(run, state.key, weights=weights, final_weights=final_weights))
             self._put_new(conn, run, state)
         with self._active_lock:
             self._active[run] = state
@@ -456,6 +469,7 @@ class RunStore:
             initial = getattr(run, "initial_config", None) or run.config
             row.update(task=run.task, model=model_name, initial_config=_dumps(initial.to_dict()),
                        note=run.note, parent=_stored_id(run.parent),
+                       continued_from=_dumps(run.continued_from) if getattr(run, "continued_from", None) else None,
                        started_at=run.started_at or time.time(), weights=None, **_owner())
             if conn.execute(_INSERT_RUN, row).rowcount == 1:
                 return key
@@ -463,7 +477,7 @@ class RunStore:
             key = f"{base}-{uuid.uuid4().hex[:6]}"
 
     @staticmethod
-    def _row(run, key: str, weights: Optional[str] = None) -> dict:
+    def _row(run, key: str, weights: Optional[str] = None, final_weights: Optional[str] = None) -> dict:
         return {
             "id": key, "config": _dumps(run.config.to_dict()),
             # at the run's end the status is set after the end hooks: its outcome is already known
@@ -471,7 +485,7 @@ class RunStore:
             "error": _error_text(run.error), "stop_reason": run.stop_reason or None,
             "best_epoch": run.best_epoch, "best_val_loss": run.best_val_loss, "steps": run.step,
             "changes": _dumps(run.changes), "ended_at": run.ended_at, "updated_at": time.time(),
-            "weights": weights,
+            "weights": weights, "final_weights": final_weights, "final_epoch": getattr(run, "final_epoch", None),
         }
 
     @staticmethod
@@ -531,21 +545,30 @@ class RunStore:
         """
         conn = self._conn()
         with _transaction(conn):
-            row = conn.execute("SELECT weights FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = conn.execute("SELECT weights, final_weights FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 return False
             conn.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM warnings WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
-        if row[0] is not None:
-            file = _weights_file(self.weights_dir, row[0])
+        for entry in dict.fromkeys(e for e in row if e is not None):
+            file = _weights_file(self.weights_dir, entry)
             if file is None:
                 warnings.warn(f"run {run_id!r} was deleted from {str(self.db_path)!r}, but its weights entry "
-                              f"{row[0]!r} does not name a file inside {str(self.weights_dir)!r}: no file was "
+                              f"{entry!r} does not name a file inside {str(self.weights_dir)!r}: no file was "
                               "deleted (the store is damaged or was crafted)", StoreWarning, stacklevel=2)
             else:
                 file.unlink(missing_ok=True)
         return True
+
+    def final_weights(self, run) -> Optional[dict]:
+        """The final weights stored for ``run`` (a Run of this kernel), or None when there are none."""
+        key = self.key_of(run) or run.id
+        rows, epochs, _ = _read_rows(self.db_path, _SELECT_RUNS + " WHERE id=?", (key,))
+        if not rows:
+            return None
+        record = RunRecord(rows[0], [None] * len(epochs.get(key, [])), [], self.path)
+        return None if record.final_weights_path is None else record.final_state_dict()
 
     def __repr__(self) -> str:
         return f"<RunStore {str(self.path)!r}>"
@@ -708,6 +731,10 @@ def _init_db(db_path: Path) -> None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     finally:
@@ -920,6 +947,18 @@ class RunRecord(RunReading):
             if self.weights_path is None:
                 p.append(f"weights={_short(weights)} does not name a file inside the store's weights folder "
                          "(refused: it is never read nor deleted)")
+        keys = row.keys()
+        lineage = _json(row["continued_from"], "continued_from", p) if "continued_from" in keys else None
+        self.continued_from: Optional[dict] = lineage if isinstance(lineage, dict) and lineage else None
+        self.final_epoch: Optional[int] = (_number(row["final_epoch"], "final_epoch", p, integer=True)
+                                           if "final_epoch" in keys else None)
+        final = row["final_weights"] if "final_weights" in keys else None
+        self.final_weights_path: Optional[Path] = None
+        if final is not None:
+            self.final_weights_path = _weights_file(store_path / WEIGHTS_DIR, final)
+            if self.final_weights_path is None:
+                p.append(f"final_weights={_short(final)} does not name a file inside the store's weights folder "
+                         "(refused: it is never read nor deleted)")
         host = _text(row["owner_host"], "owner_host", p)
         boot = _text(row["owner_boot"], "owner_boot", p)
         start = _text(row["owner_start"], "owner_start", p)
@@ -964,12 +1003,23 @@ class RunRecord(RunReading):
         """This run's best weights as a state dict (tensors on the CPU)."""
         return load_weights(self.store_path, self.id)
 
+    def final_state_dict(self) -> dict:
+        """The weights this run ended with (what ``Trainer.start(from_run=record)`` continues from)."""
+        if self.final_weights_path is None:
+            if self.status in ("finished", "stopped", "diverged") and self.weights_path is not None:
+                raise FileNotFoundError(f"run {self.id!r} has no final weights in the store (it was stored by an "
+                                        "nb_trainer that kept only the best ones); its best weights are "
+                                        "record.state_dict()")
+            raise FileNotFoundError(_no_weights(self).replace("saved weights", "final weights"))
+        return _read_weights(self.final_weights_path, self.id)
+
     def to_record(self) -> dict:
         return {
             "id": self.id, "task": self.task, "config": self.config.to_dict(), "status": self.status,
             "error": self.error, "epochs": [dict(e) for e in self.epochs],
             "warnings": [w.to_dict() for w in self.warnings], "changes": list(self.changes),
-            "note": self.note, "best_epoch": self.best_epoch, "started_at": self.started_at,
+            "note": self.note, "continued_from": self.continued_from, "final_epoch": self.final_epoch,
+            "best_epoch": self.best_epoch, "started_at": self.started_at,
             "ended_at": self.ended_at, "steps": self.steps,
         }
 
@@ -1218,7 +1268,8 @@ class StoreCallback(Callback):
 
     def on_run_end(self, run, engine) -> None:
         try:
-            self._guard(run, self.store.record_end, run, getattr(engine, "best_state", None), end=True)
+            self._guard(run, self.store.record_end, run, getattr(engine, "best_state", None),
+                        getattr(run, "final_state", None), end=True)
         finally:
             self._failed.discard(run)
             self.store.release()
