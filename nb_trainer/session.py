@@ -162,11 +162,11 @@ class Trainer:
             self._thread.start()
             return run
 
-    def stop(self) -> None:
-        """Ask the current run to stop at its next step (does not wait)."""
+    def stop(self, reason: str = "") -> None:
+        """Ask the current run to stop at its next step (does not wait); ``reason`` becomes its stop reason."""
         self._cancel_debounce()
         if self._control is not None and self.running:
-            self._control.request_stop()
+            self._control.request_stop(reason)
 
     def pause(self) -> None:
         if self._control is not None and self.running:
@@ -178,6 +178,15 @@ class Trainer:
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Run]:
         """Block until the current run ends (or ``timeout``); returns it."""
+        try:
+            return self._wait(timeout)
+        except KeyboardInterrupt as e:
+            # the kernel's interrupt: stop the run, and end the cell with one line instead of a
+            # traceback from threading.py
+            from .interrupt import interrupted
+            raise interrupted(self, e) from None
+
+    def _wait(self, timeout: Optional[float]) -> Optional[Run]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -274,6 +283,15 @@ class Trainer:
                         self.initial_state, self.events, RunControl(),
                         cast_binary_targets=self._cast_binary)
         return engine.evaluate(source, prefix="")
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the model's architecture and the data's shapes: runs of earlier kernels with
+        the same one are this model's (the panel lists them)."""
+        if getattr(self, "_fingerprint", None) is None:
+            from .fingerprint import of_trainer
+            self._fingerprint = of_trainer(self)
+        return self._fingerprint
 
     # -- tools ----------------------------------------------------------------------
     def lr_find(self, **kwargs):

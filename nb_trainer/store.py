@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS runs (
     owner_host     TEXT,
     owner_boot     TEXT,
     owner_pid      INTEGER,
-    owner_start    TEXT
+    owner_start    TEXT,
+    fingerprint    TEXT             -- the model's architecture and data shapes (nb_trainer.fingerprint)
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -93,10 +94,10 @@ CREATE TABLE IF NOT EXISTS warnings (
 _INSERT_RUN = """
 INSERT INTO runs (id, task, model, config, initial_config, status, error, stop_reason, note, parent,
                   best_epoch, best_val_loss, steps, changes, started_at, ended_at, updated_at, weights,
-                  owner_host, owner_boot, owner_pid, owner_start)
+                  owner_host, owner_boot, owner_pid, owner_start, fingerprint)
 VALUES (:id, :task, :model, :config, :initial_config, :status, :error, :stop_reason, :note, :parent,
         :best_epoch, :best_val_loss, :steps, :changes, :started_at, :ended_at, :updated_at, :weights,
-        :owner_host, :owner_boot, :owner_pid, :owner_start)
+        :owner_host, :owner_boot, :owner_pid, :owner_start, :fingerprint)
 ON CONFLICT(id) DO NOTHING
 """
 _UPDATE_RUN = """
@@ -278,13 +279,13 @@ class RunStore:
         active = self._active.get(run)
         return active.key if active is not None else getattr(run, "store_id", None)
 
-    def record_start(self, run, model_name: Optional[str] = None) -> str:
+    def record_start(self, run, model_name: Optional[str] = None, fingerprint: Optional[str] = None) -> str:
         """Write the run's row (and any warnings so far). Returns the id it is stored under."""
         conn = self._conn()
         with _transaction(conn):
             active = self._active.get(run)
             if active is None:
-                active = self._insert(conn, run, model_name)
+                active = self._insert(conn, run, model_name, fingerprint)
             else:
                 conn.execute(_UPDATE_RUN, self._row(run, active.key))
             self._put_new(conn, run, active)
@@ -314,7 +315,7 @@ class RunStore:
             with self._active_lock:
                 self._active.pop(run, None)
 
-    def _insert(self, conn, run, model_name) -> _Active:
+    def _insert(self, conn, run, model_name, fingerprint: Optional[str] = None) -> _Active:
         base = run.id
         key = base
         while True:
@@ -322,7 +323,8 @@ class RunStore:
             initial = getattr(run, "initial_config", None) or run.config
             row.update(task=run.task, model=model_name, initial_config=_dumps(initial.to_dict()),
                        note=run.note, parent=_stored_id(run.parent),
-                       started_at=run.started_at or time.time(), weights=None, **_owner())
+                       started_at=run.started_at or time.time(), weights=None, fingerprint=fingerprint,
+                       **_owner())
             if conn.execute(_INSERT_RUN, row).rowcount == 1:
                 break
             # another kernel made a run with the same id (same second, same counter): keep both
@@ -448,6 +450,9 @@ def _init_db(db_path: Path) -> None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            # stores made before the fingerprint column: add it (older readers ignore it)
+            if "fingerprint" not in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}:
+                conn.execute("ALTER TABLE runs ADD COLUMN fingerprint TEXT")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     finally:
         conn.close()
@@ -503,6 +508,7 @@ class RunRecord(RunReading):
         self.store_path = store_path
         self.weights_path: Optional[Path] = store_path / WEIGHTS_DIR / row["weights"] if row["weights"] else None
         self.owner = {"host": row["owner_host"], "pid": row["owner_pid"]}
+        self.fingerprint: Optional[str] = row["fingerprint"] if "fingerprint" in row.keys() else None
         self.status = self.stored_status
         if self.stored_status in LIVE_STATUSES:
             alive = owner_alive(row["owner_host"], row["owner_boot"], row["owner_pid"], row["owner_start"])
@@ -629,7 +635,8 @@ class StoreCallback:
 
     def on_run_start(self, run, engine) -> None:
         model = getattr(engine, "model", None)
-        self._guard(run, self.store.record_start, run, type(model).__name__ if model is not None else None)
+        self._guard(run, self.store.record_start, run, type(model).__name__ if model is not None else None,
+                    getattr(self.trainer, "fingerprint", None))
 
     def on_log(self, run, engine, new) -> None: ...
 
