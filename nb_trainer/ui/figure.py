@@ -227,7 +227,8 @@ def _shorten(text: str, limit: int) -> str:
 
 def _label(run, number: int, current: bool) -> str:
     note = _shorten(str(getattr(run, "note", "") or "").strip(), _LABEL_CHARS)
-    text = f"run {number}" + (f": {note}" if note else "")
+    name = getattr(run, "display_name", None) or f"run {number}"    # "earlier 3": a run of an earlier kernel
+    text = name + (f": {note}" if note else "")
     status = getattr(run, "status", "")
     if status in ("failed", "diverged") or (current and status in ("stopped", "paused")):
         text += f" ({status})"
@@ -307,9 +308,15 @@ def snapshot(runs: Sequence, task: Optional[str] = None, faint: int = FAINT_RUNS
         raise ValueError(f"faint: got {faint!r}; accepted: an int >= 0")
     cache = _DEFAULT_CACHE if cache is None else cache
     shown = runs[-(faint + 1):] if runs else []
-    first_number = len(runs) - len(shown) + 1
+    # runs are numbered by their place among the Trainer's own (earlier kernels' runs have a display_name)
+    numbers, n = [], 0
+    for r in runs:
+        if not getattr(r, "display_name", None):
+            n += 1
+        numbers.append(n)
+    numbers = numbers[len(runs) - len(shown):]
     with cache.lock:
-        snaps = [_run_snapshot(r, first_number + i, i == len(shown) - 1, metric, max_points, cache)
+        snaps = [_run_snapshot(r, numbers[i], i == len(shown) - 1, metric, max_points, cache)
                  for i, r in enumerate(shown)]
     stamp = (task, max_points) + tuple(
         (s["id"], s["label"], s["status"], getattr(r.history, "version", len(r.history)),
