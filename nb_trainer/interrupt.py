@@ -39,9 +39,11 @@ def describe(run) -> str:
 
 def interrupted(trainer, error: Optional[BaseException] = None) -> TrainingInterrupted:
     """Stop ``trainer``'s run for an interrupt, wait briefly for it to end, and say so."""
-    was_running = trainer.running
-    trainer.stop(reason=REASON)
     run = trainer.current
+    # the kernel's handler (nb_trainer.ui.kernel) may have stopped it already, a moment ago
+    was_running = trainer.running or (run is not None and run.stop_reason == REASON
+                                      and run.ended_at is not None and time.time() - run.ended_at < 10)
+    trainer.stop(reason=REASON)
     if run is not None and was_running:
         deadline = time.monotonic() + STOP_WAIT_S
         while not run.done and time.monotonic() < deadline:

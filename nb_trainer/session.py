@@ -199,9 +199,14 @@ class Trainer:
             with self._lock:
                 if self._debounce is debounce:
                     break
-        thread = self._thread
+        thread, run = self._thread, self.current
         if thread is not None and thread is not threading.current_thread():
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            # wait on the run's event first, not in join(): a KeyboardInterrupt (the kernel's
+            # interrupt) inside Thread.join() marks the thread stopped while it still runs (CPython 3.11)
+            if run is not None:
+                run.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if run is None or run.done:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self.current
 
     def change(self, **changes: Any) -> None:

@@ -1,12 +1,14 @@
 """What the panel installs in the IPython kernel: the interrupt, and the saved rendering's updates.
 
 * **Interrupt** (Kernel › Interrupt, the toolbar's ■). It reaches the kernel as SIGINT. While
-  a cell runs, ipykernel's handler raises ``KeyboardInterrupt`` in it; while the kernel is idle,
-  SIGINT is ignored, so a run training in the background went on. A handler installed here
-  (for the idle kernel: the one ipykernel restores after each request; while a cell runs: one
-  set at ``pre_run_cell``) first asks every training run to stop, reason "interrupted from the
-  notebook", then does what the handler it replaced would have done. A cell blocked in
-  ``Trainer.wait()`` then ends with one line, not a traceback (see :mod:`nb_trainer.interrupt`).
+  the kernel is idle, ipykernel ignores SIGINT, so a run training in the background went on:
+  a handler installed here as the idle kernel's (the one ipykernel puts back after each
+  request) asks every training run to stop, reason "interrupted from the notebook", then does
+  what the handler it replaced did (nothing). While a cell runs, ipykernel's own handler raises
+  ``KeyboardInterrupt`` in it, and is left alone, so the traceback is the user's code as
+  always: a cell that ends by ``KeyboardInterrupt`` stops every training run (``post_run_cell``),
+  and a cell blocked in ``Trainer.wait()`` ends with one line instead of a traceback (see
+  :mod:`nb_trainer.interrupt`).
 * **Saved rendering.** After each cell (``post_run_cell``), every displayed panel whose runs
   changed brings its static rendering up to date (:mod:`nb_trainer.ui.static`): an update sent
   while a cell runs reaches every frontend, nbclient included; the panel's own thread sends one
@@ -52,7 +54,6 @@ def install(shell) -> None:
     """Install the hooks in ``shell`` (an IPython shell) once; call from the main thread."""
     if shell is None or getattr(shell, "_nbt_kernel_hooks", False):
         return
-    shell.events.register("pre_run_cell", _pre_run_cell)
     shell.events.register("post_run_cell", _post_run_cell)
     _install_idle_handler(shell)
     shell._nbt_kernel_hooks = True
@@ -61,11 +62,10 @@ def install(shell) -> None:
 def uninstall(shell) -> None:
     if shell is None or not getattr(shell, "_nbt_kernel_hooks", False):
         return
-    for name, fn in (("pre_run_cell", _pre_run_cell), ("post_run_cell", _post_run_cell)):
-        try:
-            shell.events.unregister(name, fn)
-        except ValueError:
-            pass
+    try:
+        shell.events.unregister("post_run_cell", _post_run_cell)
+    except ValueError:
+        pass
     kernel = getattr(shell, "kernel", None)
     saved = getattr(kernel, "saved_sigint_handler", None)
     if _ours(saved):
@@ -94,19 +94,10 @@ def attach(panel) -> None:
     _panels.add(panel)
 
 
-def _pre_run_cell(*args) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    current = signal.getsignal(signal.SIGINT)
-    if not _ours(current):
-        signal.signal(signal.SIGINT, _SigintHandler(current))
-
-
-def _post_run_cell(*args) -> None:
-    if threading.current_thread() is threading.main_thread():
-        current = signal.getsignal(signal.SIGINT)
-        if _ours(current):
-            signal.signal(signal.SIGINT, current.previous)
+def _post_run_cell(result=None) -> None:
+    if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+        from ..session import all_trainers
+        interrupt.stop_all(all_trainers())
     for panel in list(_panels):
         try:
             panel.publish_static(wait=STATIC_WAIT_S)
