@@ -64,6 +64,10 @@ def _num(v) -> float:
         return float("nan")
 
 
+def _this_process() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
 def find(trainer, limit: int = LIMIT) -> list[EarlierRun]:
     """This model's runs from earlier kernels (other processes) in the Trainer's store, oldest first."""
     store = getattr(trainer, "store", None)
@@ -75,10 +79,8 @@ def find(trainer, limit: int = LIMIT) -> list[EarlierRun]:
     except Exception as e:  # the panel works without them; say why they are missing
         log.warning("nb_trainer: could not read earlier runs from the store: %s: %s", type(e).__name__, e)
         return []
-    host, pid = socket.gethostname(), os.getpid()
+    host, pid = _this_process()
     mine = [r for r in records if getattr(r, "fingerprint", None) == fingerprint
             and not (r.owner.get("host") == host and r.owner.get("pid") == pid)]
-    mine = mine[-limit:]
-    first = len([r for r in records if getattr(r, "fingerprint", None) == fingerprint
-                 and not (r.owner.get("host") == host and r.owner.get("pid") == pid)]) - len(mine)
-    return [EarlierRun(r, first + i + 1) for i, r in enumerate(mine)]
+    skipped = max(0, len(mine) - limit)
+    return [EarlierRun(r, skipped + i + 1) for i, r in enumerate(mine[skipped:])]

@@ -316,7 +316,9 @@ def snapshot(runs: Sequence, task: Optional[str] = None, faint: int = FAINT_RUNS
         numbers.append(n)
     numbers = numbers[len(runs) - len(shown):]
     with cache.lock:
-        snaps = [_run_snapshot(r, numbers[i], i == len(shown) - 1, metric, max_points, cache)
+        # an earlier kernel's run is never the current one: with no run of its own yet, all are faint
+        snaps = [_run_snapshot(r, numbers[i], i == len(shown) - 1 and not getattr(r, "display_name", None),
+                               metric, max_points, cache)
                  for i, r in enumerate(shown)]
     stamp = (task, max_points) + tuple(
         (s["id"], s["label"], s["status"], getattr(r.history, "version", len(r.history)),

@@ -217,6 +217,8 @@ class Panel(W.VBox):
         self._sub = trainer.events.subscribe(self._on_event)
         self._thread = threading.Thread(target=self._loop, name="nbt-panel", daemon=True)
         self._thread.start()
+        if self.earlier or trainer.runs:
+            self._wake.set()       # something to draw already: the first refresh now, not in IDLE_SECONDS
 
     # -- reacting to the user --------------------------------------------------
     def _guard(self, fn) -> None:
