@@ -30,7 +30,8 @@ Behaviour:
   matplotlib at its top). It exits when its pipe to the kernel closes, when
   its parent process is gone (checked every second: also after SIGKILL), or
   on :meth:`Renderer.close`. It ignores SIGINT, so "interrupt kernel" (sent to
-  the kernel's process group) does not kill it.
+  the kernel's process group) does not kill it. It runs at a lower priority
+  (nice 5): where the cores are busy, training gets most of them.
 * The process takes about a second to start (spawn, matplotlib's import).
   Frames asked for meanwhile are drawn in the kernel (within the in-process
   budget below), so a panel shows its first real frame at once instead of
@@ -70,6 +71,7 @@ INPROCESS_BUDGET = 0.03     # in-process drawing: at most this share of wall tim
 INPROCESS_BURST = 0.3       # after a burst of this many CPU seconds (the first, full draw) ...
 INPROCESS_MIN_INTERVAL = 0.25   # ... and at most 4 frames per second
 PARENT_CHECK_SECONDS = 1.0
+RENDERER_NICE = 5           # the renderer process runs at a lower priority than the kernel
 
 
 def render_png(snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE, scale: float = 1.0) -> bytes:
@@ -95,6 +97,11 @@ def _figure_for(figures: "collections.OrderedDict", key, geometry):
 def _child_main(conn, parent_pid: int) -> None:
     """Body of the renderer process: draw frames asked for on ``conn`` until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        # on a busy machine the training process comes first: frames may come later, training never waits
+        os.nice(RENDERER_NICE)
+    except (AttributeError, OSError):
+        pass
     from . import figure  # noqa: F401  (matplotlib's import, before saying ready)
     figures: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
     try:
