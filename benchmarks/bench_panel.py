@@ -18,6 +18,7 @@ per frame.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -49,6 +50,19 @@ def model():
 
 
 STATIC_BYTES: list[int] = []
+CPU: dict = {"headless": [], "panel": [], "renderer": []}     # CPU seconds per 1000 steps
+
+
+def _renderer_cpu() -> float:
+    """CPU seconds the renderer process has used (0 where it cannot be read)."""
+    from nb_trainer.ui import render
+    pid = render.get_renderer(start=False).pid
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, TypeError, ValueError, IndexError):
+        return 0.0
 STATIC_CPU_MS: list[float] = []
 
 
@@ -86,6 +100,7 @@ def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs:
         panel.plot.observe(lambda change: frame_times.append(time.perf_counter()), names="value")
     try:
         t0 = time.perf_counter()
+        cpu0, rcpu0 = time.process_time(), _renderer_cpu()
         steps = 0
         for _ in range(runs):
             run = t.start()
@@ -101,6 +116,9 @@ def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs:
             if panel.static_updates == 0:
                 raise RuntimeError("the static rendering was not published at the run's end")
         wall = time.perf_counter() - t0
+        CPU["panel" if with_panel else "headless"].append((time.process_time() - cpu0) / steps * 1e3)
+        if with_panel:
+            CPU["renderer"].append((_renderer_cpu() - rcpu0) / steps * 1e3)
         rate = steps / wall
         frames = [f for f in frame_times if t0 <= f <= t0 + trained]
         gaps = np.diff([t0] + frames + [t0 + trained]) if with_panel else np.array([0.0])
@@ -171,6 +189,8 @@ def main(argv=None):
     render.get_renderer()  # started once per kernel, like the first panel does
     one_run(train, val, 3, True)  # warm-up: imports, first frame
     one_run(train, val, 3, False)
+    for measured in (*CPU.values(), STATIC_BYTES, STATIC_CPU_MS):
+        measured.clear()               # the warm-up is not measured
     headless, paneled, fps, gaps, trained_only = [], [], [], [], []
     for i in range(args.pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
@@ -195,6 +215,13 @@ def main(argv=None):
           f"{statistics.median(alone):.3f}, range {min(alone):.3f}-{max(alone):.3f}")
     print(f"static rendering at run end: {statistics.median(STATIC_BYTES) / 1024:.0f} KiB, "
           f"{statistics.median(STATIC_CPU_MS):.1f} ms of kernel CPU (median; frames at scale {args.scale:g})")
+    # CPU time does not depend on what else the machine runs: the kernel's CPU per step with the panel
+    # against without it is the panel's cost in the kernel; the renderer's runs on another core
+    kernel = statistics.median(CPU["panel"]) / statistics.median(CPU["headless"])
+    print(f"kernel CPU per step, panel/headless: {kernel:.3f} (medians; range "
+          f"{min(CPU['panel']) / max(CPU['headless']):.3f}-{max(CPU['panel']) / min(CPU['headless']):.3f}); "
+          f"renderer process: {statistics.median(CPU['renderer']) / statistics.median(CPU['headless']):.3f} "
+          f"of the training's CPU")
     print(f"frames per second while training: median {statistics.median(fps):.2f}; "
           f"longest gap between frames: {max(gaps):.2f} s (must stay under 2 s)")
     frame_costs()
