@@ -86,17 +86,21 @@ def _timed_publish_static(panel):
 
 
 def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs: int = 1):
-    from nb_trainer.ui import static
-    static.publish = _publish_like_a_kernel
+    try:
+        from nb_trainer.ui import static
+        static.publish = _publish_like_a_kernel
+    except ImportError:             # a version before the static rendering (to compare against)
+        static = None
     t = nbt.Trainer(model(), train, val, store=None, epochs=epochs, batch_size=64, optimizer="adam")
     panel = None
     frame_times = []
     if with_panel:
         panel = t.panel()
-        panel.scale = scale
-        panel._display_id = "bench"                  # as if displayed: the static rendering is published
-        panel._static_sig = panel._static_signature()
-        _timed_publish_static(panel)
+        if static is not None:
+            panel.scale = scale
+            panel._display_id = "bench"              # as if displayed: the static rendering is published
+            panel._static_sig = panel._static_signature()
+            _timed_publish_static(panel)
         panel.plot.observe(lambda change: frame_times.append(time.perf_counter()), names="value")
     try:
         t0 = time.perf_counter()
@@ -109,7 +113,7 @@ def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs:
                 raise RuntimeError(f"run ended {run.status}: {run.error}")
             steps += run.step
         trained = time.perf_counter() - t0
-        if with_panel:
+        if with_panel and static is not None:
             deadline = time.monotonic() + 30
             while panel._static_sig != panel._static_signature() and time.monotonic() < deadline:
                 time.sleep(0.002)
@@ -213,8 +217,9 @@ def main(argv=None):
     alone = [p_ / h for p_, h in zip(trained_only, headless)]
     print(f"throughput ratio range over pairs: {min(ratios):.3f}-{max(ratios):.3f}; training alone: median "
           f"{statistics.median(alone):.3f}, range {min(alone):.3f}-{max(alone):.3f}")
-    print(f"static rendering at run end: {statistics.median(STATIC_BYTES) / 1024:.0f} KiB, "
-          f"{statistics.median(STATIC_CPU_MS):.1f} ms of kernel CPU (median; frames at scale {args.scale:g})")
+    if STATIC_BYTES:
+        print(f"static rendering at run end: {statistics.median(STATIC_BYTES) / 1024:.0f} KiB, "
+              f"{statistics.median(STATIC_CPU_MS):.1f} ms of kernel CPU (median; frames at scale {args.scale:g})")
     # CPU time does not depend on what else the machine runs: the kernel's CPU per step with the panel
     # against without it is the panel's cost in the kernel; the renderer's runs on another core
     kernel = statistics.median(CPU["panel"]) / statistics.median(CPU["headless"])
