@@ -44,6 +44,7 @@ NO_RUN = "no run yet: press Start or move a slider"
 SHOWN_VALUE = {"lr": lambda v: float(f"{v:.2g}"), "momentum": lambda v: round(v, 2),
                "dropout": lambda v: round(v, 2)}
 IDLE_SECONDS = 2.0       # refresh period when nothing trains
+MIN_REFRESH_SECONDS = 0.2   # the panel refreshes at most this often while a run trains
 N_WARNING_ROWS = 6       # warning rows built up front; unused ones are hidden
 DEFAULT_PATIENCE = 5     # what the early-stopping checkbox turns patience on to
 
@@ -389,12 +390,19 @@ class Panel(W.VBox):
         start.icon = "redo" if active else "play"
 
     def _loop(self) -> None:
+        last = 0.0
         while not self._closed:
             running = self.trainer.running or self._plot_owed
             self._wake.wait(FRAME_SECONDS if running else IDLE_SECONDS)
+            # every event wakes the loop (an epoch end of a fast run: dozens a second); refresh at most
+            # every MIN_REFRESH_SECONDS while training, so the panel's share of the CPU stays small
+            pause = last + MIN_REFRESH_SECONDS - time.monotonic()
+            if running and pause > 0:
+                time.sleep(pause)
             self._wake.clear()
             if self._closed:
                 break
+            last = time.monotonic()
             try:
                 self.refresh()
             except Exception:  # a broken frame must not end the panel's updates
