@@ -199,7 +199,7 @@ def test_rendered_frame_is_kept_as_an_artifact():
                         spike_at=1700)
     png = R.render_png(F.snapshot(runs, "classification"))
     (ARTIFACTS / "live_figure.png").write_bytes(png)
-    assert Image.open(io.BytesIO(png)).size == (800, 480)
+    assert Image.open(io.BytesIO(png)).size == (720, 440)
 
 
 # -- decimation -----------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_renderer_process_returns_png_frames_of_the_asked_size(renderer):
     assert png is not None and png.startswith(PNG_SIGNATURE)
     img = Image.open(io.BytesIO(png))
     img.load()
-    assert img.size == (800, 480)
+    assert img.size == (720, 440)
     assert renderer.pid is not None and renderer.pid != os.getpid() and renderer.mode == "process"
     seq = renderer.submit("b", snap, size=(640, 400))
     assert Image.open(io.BytesIO(renderer.wait("b", seq, timeout=30))).size == (640, 400)

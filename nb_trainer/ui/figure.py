@@ -436,7 +436,7 @@ class LiveFigure:
         Frames drawn.
     """
 
-    def __init__(self, size: tuple[int, int] = (800, 480), scale: float = 1.0):
+    def __init__(self, size: tuple[int, int] = (720, 440), scale: float = 1.0):
         w, h = _check_size(size)
         self.size = (w, h)
         self.scale = check_scale(scale)

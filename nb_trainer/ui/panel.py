@@ -81,6 +81,7 @@ class Panel(W.VBox):
         self._plot_submitted = 0.0   # monotonic time of the last snapshot sent to the renderer
         self._plot_owed = False      # a newer snapshot is waiting for FRAME_SECONDS to pass
         self._last_seq: Optional[int] = None
+        self._frame_lock = threading.Lock()
         self._real_frame = False     # the plot shows a drawn figure (not the placeholder)
         self._display_id: Optional[str] = None
         self._static_sig = None
@@ -478,12 +479,20 @@ class Panel(W.VBox):
                 snap = figure.snapshot(runs, self.trainer.task)
                 # the frame is ready in ~0.1 s: wake the loop to show it then, not IDLE_SECONDS later
                 seq = self._renderer.submit(key, snap, size=self.size, scale=self.scale,
-                                            callback=lambda png: self._wake.set())
+                                            callback=self._show_frame)
                 self._last_seq = seq or self._last_seq
             else:
                 self._plot_owed = True
         png = self._renderer.poll(key)
-        if png and png is not self._shown_png:   # poll returns the newest frame again until a new one lands
+        if png:
+            self._show_frame(png)
+
+    def _show_frame(self, png: bytes) -> None:
+        """Put a drawn frame on the plot: at once, from the renderer's thread as it lands (setting a trait
+        is safe from any thread), or from the panel's loop (poll returns the newest frame again)."""
+        with self._frame_lock:
+            if png is self._shown_png or self._closed:
+                return
             self._shown_png = png
             self._real_frame = True
             self.plot.value = png
@@ -544,7 +553,7 @@ class Panel(W.VBox):
             runs = self.plot_runs()
             if any(len(r.history) for r in runs):
                 seq = self._renderer.submit(self._key, figure.snapshot(runs, self.trainer.task), size=self.size,
-                                            scale=self.scale, callback=lambda png: self._wake.set())
+                                            scale=self.scale, callback=self._show_frame)
                 seq = seq or self._last_seq
                 self._last_seq = seq
                 png = self._renderer.wait(self._key, seq, timeout=wait) if seq else None

@@ -10,7 +10,7 @@ Usage (what the panel does)::
 
     from nb_trainer.ui import figure, render
     renderer = render.get_renderer()          # shared by every panel; starts the process
-    seq = renderer.submit(key, figure.snapshot(trainer.runs, trainer.task), size=(800, 480),
+    seq = renderer.submit(key, figure.snapshot(trainer.runs, trainer.task), size=(720, 440),
                           callback=lambda png: image.set_trait("value", png))
     png = renderer.poll(key)                  # newest finished frame for key, or None
     png = renderer.wait(key, seq, timeout=5)  # block until frame `seq` (or a newer one) is done
@@ -36,6 +36,8 @@ Behaviour:
   Frames asked for meanwhile are drawn in the kernel (within the in-process
   budget below), so a panel shows its first real frame at once instead of
   after the process is up; the first run of a fresh kernel is plotted live.
+* A panel's very first frame is also drawn in the kernel when the renderer has
+  not answered within :data:`FIRST_FRAME_PATIENCE` (a busy machine starves it).
 * A renderer process that dies is reaped and a new one started for the next
   frame (the frame that was lost is drawn again). If processes cannot be
   started, or die more than :data:`MAX_RESTARTS` times in a minute, frames are
@@ -61,7 +63,7 @@ from typing import Any, Callable, Hashable, Optional
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE = (800, 480)
+DEFAULT_SIZE = (720, 440)
 MAX_FIGURES = 8             # figures (panels) the renderer keeps; older ones are rebuilt when needed
 START_TIMEOUT = 60.0        # spawn + matplotlib import, on a loaded 2-core machine
 FRAME_TIMEOUT = 30.0        # a renderer silent this long on one frame is killed and restarted
@@ -71,6 +73,7 @@ INPROCESS_BUDGET = 0.03     # in-process drawing: at most this share of wall tim
 INPROCESS_BURST = 0.3       # after a burst of this many CPU seconds (the first, full draw) ...
 INPROCESS_MIN_INTERVAL = 0.25   # ... and at most 4 frames per second
 PARENT_CHECK_SECONDS = 1.0
+FIRST_FRAME_PATIENCE = 0.4  # a key's first frame is drawn in the kernel if the renderer takes longer
 RENDERER_NICE = 5           # the renderer process runs at a lower priority than the kernel
 
 
@@ -108,6 +111,7 @@ def _child_main(conn, parent_pid: int) -> None:
         conn.send(("ready", os.getpid()))
     except OSError:
         return
+    _warm_up()
     while True:
         try:
             if not conn.poll(PARENT_CHECK_SECONDS):
@@ -136,6 +140,25 @@ def _child_main(conn, parent_pid: int) -> None:
             conn.send(reply)
         except OSError:
             return
+
+
+def _warm_up() -> None:
+    """Draw one throwaway frame: a process's first draw (fonts, text layout, log-axis labels) costs
+    several times a later one, and the first run's first frame should not pay it."""
+    import numpy as np
+    from .figure import SNAPSHOT_VERSION, LiveFigure
+    x = np.arange(1, 41, dtype=np.float32)
+    line = (x, np.linspace(2.3, 0.3, 40, dtype=np.float32))
+    run = {"id": "warm-up", "number": 1, "label": "run 1", "status": "running", "current": True,
+           "version": 0, "x_total": 80.0, "loss": line, "grad_norm": (x, np.full(40, 1.5, np.float32)),
+           "lr": (x, np.full(40, 1e-3, np.float32)), "val_loss": (x[9::10], line[1][9::10]),
+           "metric": (x[9::10], np.linspace(0.5, 0.9, 4, dtype=np.float32))}
+    snap = {"version": SNAPSHOT_VERSION, "task": "classification", "metric": "val_accuracy",
+            "metric_label": "val accuracy", "stamp": None, "runs": [run]}
+    try:
+        LiveFigure(DEFAULT_SIZE).render(snap)
+    except Exception:  # only a warm-up: the real frames report their own errors
+        log.debug("renderer warm-up failed", exc_info=True)
 
 
 # -- the kernel side ----------------------------------------------------------------------------------
@@ -356,10 +379,17 @@ class Renderer:
         except OSError:
             self._child_died("the pipe broke")
             return False
-        deadline = time.monotonic() + FRAME_TIMEOUT
+        sent = time.monotonic()
+        deadline = sent + FRAME_TIMEOUT
+        first = key not in self._frames      # this key has never shown a frame (a new panel's first run)
         while True:
+            if first and time.monotonic() - sent > FIRST_FRAME_PATIENCE and time.perf_counter() >= self._next_inprocess:
+                # a busy machine starves the (lower-priority) renderer: the first frame is drawn here
+                # meanwhile, once, within the in-process budget; the renderer's copy replaces it
+                first = False
+                self._draw_here(key, seq, snap, size)
             try:
-                if conn.poll(0.25):
+                if conn.poll(0.05 if first else 0.25):
                     msg = conn.recv()
                     break
             except (EOFError, OSError):
