@@ -2,17 +2,23 @@
 
 The reference workload (MLP 64-256-256-10 on scikit-learn's digits, Adam, batch 64) trains
 headless and with the panel attached and rendering at its default rate, alternately in one
-process; the medians of the pairs give the throughput ratio (target >= 0.95). It also prints
+process; the medians of the pairs give the throughput ratio (target >= 0.95). Each side of a pair
+is --runs runs one after the other on one Trainer, as slider restarts make them; with the panel,
+each run's end also publishes its static rendering for the saved notebook (the final frame, the
+HTML summary, the runs table, JSON-encoded as a kernel sends it), on the panel's thread while the
+next run trains, and the time counts until the last one is out ("ratio incl. static"). The
+ratio of the training alone (up to the last run's end) is printed beside it. It also prints
 frames per second while training, the longest gap between frames, ms per frame at 1k/10k/100k
 history points (the kernel's side: snapshot + send; the renderer's side: draw + PNG) and KiB sent
 per frame.
 
     python benchmarks/bench_panel.py            # 5 pairs
-    python benchmarks/bench_panel.py --pairs 7 --seconds 4
+    python benchmarks/bench_panel.py --pairs 7 --scale 2     # frames for a high-density screen
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -43,25 +49,84 @@ def model():
                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
-def one_run(train, val, epochs: int, with_panel: bool):
+STATIC_BYTES: list[int] = []
+CPU: dict = {"headless": [], "panel": [], "renderer": []}     # CPU seconds per 1000 steps
+
+
+def _renderer_cpu() -> float:
+    """CPU seconds the renderer process has used (0 where it cannot be read)."""
+    from nb_trainer.ui import render
+    pid = render.get_renderer(start=False).pid
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, TypeError, ValueError, IndexError):
+        return 0.0
+STATIC_CPU_MS: list[float] = []
+
+
+def _publish_like_a_kernel(data, display_id, update):
+    """What sending the static rendering costs in a kernel, short of the socket: the JSON of the message."""
+    import json
+    STATIC_BYTES.append(len(json.dumps({"data": data, "metadata": {}, "transient": {"display_id": display_id}})))
+
+
+def _timed_publish_static(panel):
+    """Panel.publish_static, its CPU time in the kernel recorded (the wait for the final frame is not CPU)."""
+    original = panel.publish_static
+
+    def publish_static(*args, **kwargs):
+        t0 = time.thread_time()
+        done = original(*args, **kwargs)
+        if done:
+            STATIC_CPU_MS.append((time.thread_time() - t0) * 1e3)
+        return done
+    panel.publish_static = publish_static
+
+
+def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs: int = 1):
+    try:
+        from nb_trainer.ui import static
+        static.publish = _publish_like_a_kernel
+    except ImportError:             # a version before the static rendering (to compare against)
+        static = None
     t = nbt.Trainer(model(), train, val, store=None, epochs=epochs, batch_size=64, optimizer="adam")
     panel = None
     frame_times = []
     if with_panel:
         panel = t.panel()
-        # warm-up: the renderer process starts once per kernel, ahead of the first frame
+        if static is not None:
+            panel.scale = scale
+            panel._display_id = "bench"              # as if displayed: the static rendering is published
+            panel._static_sig = panel._static_signature()
+            _timed_publish_static(panel)
         panel.plot.observe(lambda change: frame_times.append(time.perf_counter()), names="value")
     try:
-        run = t.start()
         t0 = time.perf_counter()
-        t.wait()
+        cpu0, rcpu0 = time.process_time(), _renderer_cpu()
+        steps = 0
+        for _ in range(runs):
+            run = t.start()
+            t.wait()
+            if run.status != "finished":
+                raise RuntimeError(f"run ended {run.status}: {run.error}")
+            steps += run.step
+        trained = time.perf_counter() - t0
+        if with_panel and static is not None:
+            deadline = time.monotonic() + 30
+            while panel._static_sig != panel._static_signature() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if panel.static_updates == 0:
+                raise RuntimeError("the static rendering was not published at the run's end")
         wall = time.perf_counter() - t0
-        if run.status != "finished":
-            raise RuntimeError(f"run ended {run.status}: {run.error}")
-        rate = run.step / wall
-        frames = [f for f in frame_times if t0 <= f <= t0 + wall]
-        gaps = np.diff([t0] + frames + [t0 + wall]) if with_panel else np.array([0.0])
-        return rate, len(frames) / wall, float(gaps.max())
+        CPU["panel" if with_panel else "headless"].append((time.process_time() - cpu0) / steps * 1e3)
+        if with_panel:
+            CPU["renderer"].append((_renderer_cpu() - rcpu0) / steps * 1e3)
+        rate = steps / wall
+        frames = [f for f in frame_times if t0 <= f <= t0 + trained]
+        gaps = np.diff([t0] + frames + [t0 + trained]) if with_panel else np.array([0.0])
+        return rate, len(frames) / trained, float(gaps.max()), steps / trained
     finally:
         t.close()
 
@@ -101,7 +166,7 @@ def frame_costs(sizes=(1_000, 10_000, 100_000), repeats: int = 7):
             t0 = time.perf_counter()
             snap = figure.snapshot(runs, "classification")
             t1 = time.perf_counter()
-            seq = renderer.submit(("bench", n), snap, size=(800, 480))
+            seq = renderer.submit(("bench", n), snap, size=(720, 440))
             png = renderer.wait(("bench", n), seq, timeout=30)
             t2 = time.perf_counter()
             snap_ms.append((t1 - t0) * 1e3)
@@ -117,6 +182,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=60, help="epochs per run (digits: ~23 steps each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="2 pairs of short runs (a smoke test)")
+    p.add_argument("--scale", type=float, default=1.0, help="device pixels per CSS pixel of the frames (2: hi-dpi)")
+    p.add_argument("--runs", type=int, default=3, help="runs one after the other on each side of a pair")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -126,23 +193,40 @@ def main(argv=None):
     render.get_renderer()  # started once per kernel, like the first panel does
     one_run(train, val, 3, True)  # warm-up: imports, first frame
     one_run(train, val, 3, False)
-    headless, paneled, fps, gaps = [], [], [], []
+    for measured in (*CPU.values(), STATIC_BYTES, STATIC_CPU_MS):
+        measured.clear()               # the warm-up is not measured
+    headless, paneled, fps, gaps, trained_only = [], [], [], [], []
     for i in range(args.pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
         for with_panel in order:
-            rate, f, gap = one_run(train, val, args.epochs, with_panel)
+            rate, f, gap, training_rate = one_run(train, val, args.epochs, with_panel, args.scale, args.runs)
             if with_panel:
                 paneled.append(rate)
+                trained_only.append(training_rate)
                 fps.append(f)
                 gaps.append(gap)
             else:
                 headless.append(rate)
         print(f"pair {i + 1}: headless {headless[-1]:7.1f} steps/s   panel {paneled[-1]:7.1f} steps/s   "
-              f"ratio {paneled[-1] / headless[-1]:.3f}   {fps[-1]:.2f} frames/s   longest gap {gaps[-1]:.2f}s")
+              f"ratio incl. static {paneled[-1] / headless[-1]:.3f} (training alone "
+              f"{trained_only[-1] / headless[-1]:.3f})   {fps[-1]:.2f} frames/s   longest gap {gaps[-1]:.2f}s")
     ratios = [p_ / h for p_, h in zip(paneled, headless)]
     print(f"\nmedian steps/s: headless {statistics.median(headless):.1f}, with panel {statistics.median(paneled):.1f}")
     print(f"throughput ratio panel/headless: median of pair ratios {statistics.median(ratios):.3f} "
           f"(ratio of medians {statistics.median(paneled) / statistics.median(headless):.3f}; target >= 0.95)")
+    alone = [p_ / h for p_, h in zip(trained_only, headless)]
+    print(f"throughput ratio range over pairs: {min(ratios):.3f}-{max(ratios):.3f}; training alone: median "
+          f"{statistics.median(alone):.3f}, range {min(alone):.3f}-{max(alone):.3f}")
+    if STATIC_BYTES:
+        print(f"static rendering at run end: {statistics.median(STATIC_BYTES) / 1024:.0f} KiB, "
+              f"{statistics.median(STATIC_CPU_MS):.1f} ms of kernel CPU (median; frames at scale {args.scale:g})")
+    # CPU time does not depend on what else the machine runs: the kernel's CPU per step with the panel
+    # against without it is the panel's cost in the kernel; the renderer's runs on another core
+    kernel = statistics.median(CPU["panel"]) / statistics.median(CPU["headless"])
+    print(f"kernel CPU per step, panel/headless: {kernel:.3f} (medians; range "
+          f"{min(CPU['panel']) / max(CPU['headless']):.3f}-{max(CPU['panel']) / min(CPU['headless']):.3f}); "
+          f"renderer process: {statistics.median(CPU['renderer']) / statistics.median(CPU['headless']):.3f} "
+          f"of the training's CPU")
     print(f"frames per second while training: median {statistics.median(fps):.2f}; "
           f"longest gap between frames: {max(gaps):.2f} s (must stay under 2 s)")
     frame_costs()

@@ -53,12 +53,15 @@ class RunControl:
     def __init__(self) -> None:
         self.pending = False          # read once a step without a lock: any request waiting
         self._stop = False
+        self.reason = ""              # why a stop was asked for, when the asker said (an interrupt)
         self._resume = threading.Event()
         self._resume.set()
         self._changes: dict = {}
         self._lock = threading.Lock()
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "") -> None:
+        if reason and not self._stop:
+            self.reason = reason
         self._stop = True
         self.pending = True
         self._resume.set()
@@ -173,7 +176,7 @@ class Engine:
                     break
             if self.control.stop_requested:
                 outcome = "stopped"
-                run.stop_reason = self._stop_reason or "stopped by the user"
+                run.stop_reason = self._stop_reason or self.control.reason or "stopped by the user"
             else:
                 outcome = "finished"
         except Diverged as d:

@@ -180,31 +180,37 @@ class TrainerMagics(Magics):
 
 
 def _records_table(records) -> str:
+    """The stored runs, in the panel's columns (config, epochs, best metric, status), one table per
+    model (fingerprint) and task, newest first, each numbered as the store keeps them."""
     if not records:
         return "<i>no stored runs</i>"
-    rows = []
+    from .ui.status import runs_table_html
+    groups: dict = {}
     for r in records:
-        cfg = r.config
-        last = r.epochs[-1] if r.epochs else {}
-        metric = next((f"{k}={last[k]:.4g}" for k in ("val_accuracy", "val_r2", "val_loss", "train_loss")
-                       if last.get(k) is not None), "–")
-        problems = getattr(r, "problems", None)
-        damage = (f"<br><span class='nbt-damaged' style='color:#cf222e'>damaged: "
-                  f"{html.escape('; '.join(problems))}</span>" if problems else "")
-        rows.append(f"<tr><td>{html.escape(str(r.id))}</td><td>{html.escape(cfg.optimizer)} lr={cfg.lr:.3g}</td>"
-                    f"<td>{len(r.epochs)}/{cfg.epochs}</td><td>{html.escape(metric)}</td>"
-                    f"<td>{html.escape(r.status)}{damage}</td></tr>")
-    return ("<table><tr><th>run</th><th>config</th><th>epochs</th><th>last</th><th>status</th></tr>"
-            + "".join(rows) + "</table>")
+        groups.setdefault((getattr(r, "fingerprint", None), r.task, r.model), []).append(r)
+    parts = []
+    for (_, task, model), runs in groups.items():
+        parts.append(f"<div><b>{html.escape(model or 'model')}</b> ({html.escape(task or '?')}, "
+                     f"{len(runs)} run{'s' if len(runs) != 1 else ''}, oldest {html.escape(str(runs[0].id))})</div>"
+                     + runs_table_html(runs, task, limit=1000, label=lambda i, r: f"#{i + 1} {r.id}"))
+    damaged = [r for r in records if getattr(r, "problems", None)]
+    for r in damaged:  # read in part: say what could not be read
+        parts.append(f"<div class='nbt-damaged' style='color:#cf222e'>run {html.escape(str(r.id))} damaged: "
+                     f"{html.escape('; '.join(r.problems))}</div>")
+    return "".join(parts)
 
 
 def load_ipython_extension(ipython) -> None:
     ipython.register_magics(TrainerMagics)
+    from .ui.kernel import install
+    install(ipython)       # Kernel › Interrupt stops training from now on
 
 
 def unload_ipython_extension(ipython) -> None:
     for t in all_trainers():
         t.stop()
+    from .ui.kernel import uninstall
+    uninstall(ipython)
     magics = ipython.magics_manager.magics.get("line", {})
     for name in ("nbtrain", "nbstop", "nbruns", "nbstatus"):
         magics.pop(name, None)

@@ -224,7 +224,7 @@ class Trainer:
                 raise ValueError(f"from_run: {label} is still training; stop it or wait for it first")
             state = from_run.final_state
             if state is None and self.store is not None and hasattr(self.store, "final_weights"):
-                state = self.store.final_weights(from_run.id)
+                state = self.store.final_weights(from_run)
             if state is None:
                 why = ("it failed before training" if from_run.status == "failed" else
                        f"only the last {self.KEEP_FINAL_STATES} runs' weights are kept in memory, and there is no "
@@ -257,11 +257,11 @@ class Trainer:
                              "in a run, and the training data is a stream without a length: use "
                              "schedule='constant' or 'plateau' with warmup=0")
 
-    def stop(self) -> None:
-        """Ask the current run to stop at its next step (does not wait)."""
+    def stop(self, reason: str = "") -> None:
+        """Ask the current run to stop at its next step (does not wait); ``reason`` becomes its stop reason."""
         self._cancel_debounce()
         if self._control is not None and self.running:
-            self._control.request_stop()
+            self._control.request_stop(reason)
 
     def pause(self) -> None:
         if self._control is not None and self.running:
@@ -273,6 +273,15 @@ class Trainer:
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Run]:
         """Block until the current run ends (or ``timeout``); returns it."""
+        try:
+            return self._wait(timeout)
+        except KeyboardInterrupt as e:
+            # the kernel's interrupt: stop the run, and end the cell with one line instead of a
+            # traceback from threading.py
+            from .interrupt import interrupted
+            raise interrupted(self, e) from None
+
+    def _wait(self, timeout: Optional[float]) -> Optional[Run]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -285,9 +294,14 @@ class Trainer:
             with self._lock:
                 if self._debounce is debounce:
                     break
-        thread = self._thread
+        thread, run = self._thread, self.current
         if thread is not None and thread is not threading.current_thread():
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            # wait on the run's event first, not in join(): a KeyboardInterrupt (the kernel's
+            # interrupt) inside Thread.join() marks the thread stopped while it still runs (CPython 3.11)
+            if run is not None:
+                run.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if run is None or run.done:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self.current
 
     def change(self, **changes: Any) -> None:
@@ -368,6 +382,15 @@ class Trainer:
         bs = max(VAL_BATCH, (self.current.config if self.current else self.defaults).batch_size)
         return evaluate_batches(self.step, self.model, source.batches(bs, None, shuffle=False), self.task_info,
                                 self.device, prefix="")
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the model's architecture and the data's shapes: runs of earlier kernels with
+        the same one are this model's (the panel lists them)."""
+        if getattr(self, "_fingerprint", None) is None:
+            from .fingerprint import of_trainer
+            self._fingerprint = of_trainer(self)
+        return self._fingerprint
 
     # -- tools ----------------------------------------------------------------------
     def lr_find(self, **kwargs):

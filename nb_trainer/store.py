@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS runs (
     owner_start    TEXT,
     continued_from TEXT,            -- JSON: {"id", "number", "epoch", "step"} of the run it continued, or NULL
     final_weights  TEXT,            -- file name under weights/ of the weights it ended with (continuing)
-    final_epoch    INTEGER          -- the epoch those weights are from
+    final_epoch    INTEGER          -- the epoch those weights are from,
+    fingerprint    TEXT             -- the model's architecture and data shapes (nb_trainer.fingerprint)
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -120,10 +121,10 @@ CREATE TABLE IF NOT EXISTS warnings (
 _INSERT_RUN = """
 INSERT INTO runs (id, task, model, config, initial_config, status, error, stop_reason, note, parent,
                   best_epoch, best_val_loss, steps, changes, started_at, ended_at, updated_at, weights,
-                  owner_host, owner_boot, owner_pid, owner_start, continued_from)
+                  owner_host, owner_boot, owner_pid, owner_start, continued_from, fingerprint)
 VALUES (:id, :task, :model, :config, :initial_config, :status, :error, :stop_reason, :note, :parent,
         :best_epoch, :best_val_loss, :steps, :changes, :started_at, :ended_at, :updated_at, :weights,
-        :owner_host, :owner_boot, :owner_pid, :owner_start, :continued_from)
+        :owner_host, :owner_boot, :owner_pid, :owner_start, :continued_from, :fingerprint)
 ON CONFLICT(id) DO NOTHING
 """
 _UPDATE_RUN = """
@@ -134,7 +135,8 @@ UPDATE runs SET config=:config, status=:status, error=:error, stop_reason=:stop_
 WHERE id=:id
 """
 # columns added since the first schema: an older database gets them (NULL) when it is opened
-_ADDED_COLUMNS = (("continued_from", "TEXT"), ("final_weights", "TEXT"), ("final_epoch", "INTEGER"))
+_ADDED_COLUMNS = (("continued_from", "TEXT"), ("final_weights", "TEXT"), ("final_epoch", "INTEGER"),
+                  ("fingerprint", "TEXT"))
 
 _PUT_EPOCH = "INSERT OR REPLACE INTO epochs (run_id, epoch, record) VALUES (?, ?, ?)"
 _PUT_WARNING = "INSERT OR REPLACE INTO warnings (run_id, code, pos, record) VALUES (?, ?, ?, ?)"
@@ -380,10 +382,10 @@ class RunStore:
         with self._active_lock:
             return list(self._unwritten)
 
-    def record_start(self, run, model_name: Optional[str] = None) -> str:
+    def record_start(self, run, model_name: Optional[str] = None, fingerprint: Optional[str] = None) -> str:
         """Write the run's row (and any warnings so far). Returns the id it is stored under."""
         self._catch_up()
-        return self._write(run, model_name).key
+        return self._write(run, model_name, fingerprint=fingerprint).key
 
     def record_epoch(self, run) -> None:
         """Write what changed since the last write: new epochs, warnings, status. One transaction."""
@@ -439,7 +441,7 @@ class RunStore:
                     self._unwritten.update(pending)
 
     def _write(self, run, model_name: Optional[str] = None, weights: Optional[str] = None,
-               final_weights: Optional[str] = None) -> _Active:
+               final_weights: Optional[str] = None, fingerprint: Optional[str] = None) -> _Active:
         """Write the run's row and what is new since the last write, in one transaction.
 
         What the store remembers having written changes only once the
@@ -451,7 +453,7 @@ class RunStore:
         state = _Active(None) if known is None else known.copy()
         with _transaction(conn):
             if state.key is None:
-                state.key = self._insert(conn, run, model_name)
+                state.key = self._insert(conn, run, model_name, fingerprint)
             else:
                 conn.execute(_UPDATE_RUN, self._row(run, state.key, weights=weights, final_weights=final_weights))
             self._put_new(conn, run, state)
@@ -461,7 +463,7 @@ class RunStore:
             run.store_id = state.key
         return state
 
-    def _insert(self, conn, run, model_name) -> str:
+    def _insert(self, conn, run, model_name, fingerprint: Optional[str] = None) -> str:
         base = run.id
         key = base
         while True:
@@ -470,7 +472,8 @@ class RunStore:
             row.update(task=run.task, model=model_name, initial_config=_dumps(initial.to_dict()),
                        note=run.note, parent=_stored_id(run.parent),
                        continued_from=_dumps(run.continued_from) if getattr(run, "continued_from", None) else None,
-                       started_at=run.started_at or time.time(), weights=None, **_owner())
+                       started_at=run.started_at or time.time(), weights=None, fingerprint=fingerprint,
+                       **_owner())
             if conn.execute(_INSERT_RUN, row).rowcount == 1:
                 return key
             # another kernel made a run with the same id (same second, same counter): keep both
@@ -948,6 +951,7 @@ class RunRecord(RunReading):
                 p.append(f"weights={_short(weights)} does not name a file inside the store's weights folder "
                          "(refused: it is never read nor deleted)")
         keys = row.keys()
+        self.fingerprint: Optional[str] = _text(row["fingerprint"], "fingerprint", p) if "fingerprint" in keys else None
         lineage = _json(row["continued_from"], "continued_from", p) if "continued_from" in keys else None
         self.continued_from: Optional[dict] = lineage if isinstance(lineage, dict) and lineage else None
         self.final_epoch: Optional[int] = (_number(row["final_epoch"], "final_epoch", p, integer=True)
@@ -1257,7 +1261,8 @@ class StoreCallback(Callback):
 
     def on_run_start(self, run, engine) -> None:
         model = getattr(engine, "model", None)
-        self._guard(run, self.store.record_start, run, type(model).__name__ if model is not None else None)
+        self._guard(run, self.store.record_start, run, type(model).__name__ if model is not None else None,
+                    getattr(self.trainer, "fingerprint", None))
 
     def on_log(self, run, engine, new) -> None: ...
 

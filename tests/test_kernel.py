@@ -174,10 +174,37 @@ def _code_index(nb, fragment: str) -> int:
 
 
 def _check_no_stray_figures(nb) -> None:
-    """The library draws with Figure + Agg, never pyplot: no cell shows a matplotlib image of its own."""
+    """The library draws with Figure + Agg, never pyplot: no cell shows a matplotlib image of its own
+    (the panel's saved rendering carries its figure as a PNG, beside its HTML)."""
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
-            assert "image/png" not in out.get("data", {}), f"cell {i} shows a PNG: pyplot used somewhere?"
+            data = out.get("data", {})
+            if "nbt-static" in data.get("text/html", ""):
+                continue
+            assert "image/png" not in data, f"cell {i} shows a PNG: pyplot used somewhere?"
+
+
+def _check_saved_rendering(nb, cell_index: int, runs: int, work: Path) -> None:
+    """The panel's cell carries a static rendering of the result: what a reader without the kernel sees,
+    also in nbconvert's HTML of the executed notebook."""
+    outputs = nb.cells[cell_index].outputs
+    views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    static = [o for o in outputs if "nbt-static" in o.get("data", {}).get("text/html", "")]
+    assert len(views) == 1 and len(static) == 1, [list(o.get("data", {})) for o in outputs]
+    assert "Panel(" not in views[0].data["text/plain"]            # a human line, not the widget repr
+    data = static[0].data
+    assert base64.b64decode(data["image/png"]).startswith(PNG_MAGIC)
+    assert data["text/html"].count("nbt-run-row") == runs and f"run {runs} finished" in data["text/plain"]
+    import subprocess
+    import sys
+    path = work / "executed.ipynb"
+    nbformat.write(nb, str(path))
+    out = subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    page = path.with_suffix(".html").read_text()
+    assert re.search(r"<img[^>]+src=['\"]data:image/png;base64,[A-Za-z0-9+/=]{1000,}", page)
+    assert page.count("nbt-run-row") >= runs      # (the widget state, when stored, holds the table too)
 
 
 def _check_store(work: Path) -> None:
@@ -215,6 +242,7 @@ def test_quickstart_runs_in_a_real_kernel(kernel_env, tmp_path):
     png = image_bytes(one(state, "nbt-plot"))
     assert png.startswith(PNG_MAGIC), "the plot showed no frame"
     _check_no_stray_figures(nb)
+    _check_saved_rendering(nb, _code_index(nb, "%nbtrain"), 2, work)
     _check_store(work)
 
 
@@ -329,11 +357,104 @@ def test_trivial_cells_run_at_once_while_a_long_run_trains(kernel_env, tmp_path)
     assert max(client_seconds) < 0.5, client_seconds
     assert max(kernel_seconds) < 0.5, kernel_seconds
     assert max(trivial_gaps) < 0.5, trivial_gaps
-    # the panel stayed visibly live meanwhile: new frames over the 1.5 s idle cell (one per 0.5 s)
+    # the panel stayed visibly live meanwhile: it had a frame, and new ones kept coming while the run trained
     frames = [m[2] for m in marks]
-    assert frames[0] > 0 and frames[4] > frames[3], frames
+    assert frames[0] > 0 and end["frames_later"] > frames[0], (frames, end["frames_later"])
 
 
 def _iso(text: str) -> float:
     from datetime import datetime
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+# -- the kernel's interrupt --------------------------------------------------------------------------
+class Kernel:
+    """A python3 kernel driven through jupyter_client: what the toolbar's buttons do, without a browser."""
+
+    def __init__(self, cwd: Path):
+        from jupyter_client.manager import start_new_kernel
+        self.km, self.kc = start_new_kernel(kernel_name="python3", cwd=str(cwd))
+
+    def run(self, code: str, timeout: float = 120, interrupt_after=None) -> dict:
+        import threading
+        msg_id = self.kc.execute(code)
+        if interrupt_after is not None:
+            threading.Timer(interrupt_after, self.km.interrupt_kernel).start()
+        out = {"text": "", "error": None}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out["text"] += content["text"]
+            elif kind == "error":
+                out["error"] = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                return out
+        raise AssertionError(f"no answer in {timeout} s to {code!r}")
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+KERNEL_SETUP = """
+import json, time, torch
+torch.set_num_threads(1)
+from sklearn.datasets import load_digits
+d = load_digits()
+X, y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+%load_ext nb_trainer
+t = %nbtrain model (X[:1200],y[:1200]) (X[1200:],y[1200:]) --epochs 1000 --batch_size 8 --store none --no-panel --no-start
+"""
+
+
+@pytest.fixture
+def kernel(kernel_env):
+    k = Kernel(kernel_env)
+    try:
+        assert k.run(KERNEL_SETUP)["error"] is None
+        yield k
+    finally:
+        k.close()
+
+
+def test_interrupting_the_idle_kernel_stops_the_run_training_in_the_background(kernel):
+    kernel.run("run = t.start(); time.sleep(1.0)")
+    assert json.loads(kernel.run("print(json.dumps([run.status, run.step]))")["text"])[0] == "running"
+    sent = time.monotonic()
+    kernel.km.interrupt_kernel()          # what the toolbar's ■ does
+    out = kernel.run("run.wait(10); print(json.dumps([run.status, run.stop_reason, run.ended_at, t.running]))")
+    answered = time.monotonic() - sent
+    status, reason, ended_at, running = json.loads(out["text"])
+    assert (status, reason) == ("stopped", "interrupted from the notebook")
+    # the kernel answered the next cell, and the run had ended (within about a step of the interrupt)
+    print(f"\ninterrupt to the next cell's answer: {answered:.2f} s")
+    assert answered < 10
+    assert kernel.run("print(1 + 1)")["text"].strip() == "2"
+
+
+def test_interrupting_a_cell_blocked_in_wait_stops_the_run_with_one_line_and_no_traceback(kernel):
+    out = kernel.run("run = t.start(); t.wait()", interrupt_after=2.0, timeout=60)
+    error = out["error"]
+    assert error is not None and error["ename"] == "TrainingInterrupted"
+    text = "\n".join(error["traceback"])
+    assert len(error["traceback"]) == 1 and "interrupted from the notebook" in text, text
+    assert "threading.py" not in text and "session.py" not in text and "Traceback" not in text
+    state = json.loads(kernel.run("print(json.dumps([run.status, run.stop_reason]))")["text"])
+    assert state == ["stopped", "interrupted from the notebook"]
+    # the Trainer is usable: a next run starts and ends as asked
+    assert kernel.run("r = t.start(epochs=1); t.wait(); print(r.status)")["text"].strip() == "finished"
+
+
+def test_interrupting_another_cell_stops_training_and_shows_that_cells_own_traceback(kernel):
+    out = kernel.run("run = t.start(); time.sleep(30)", interrupt_after=2.0, timeout=60)
+    assert out["error"]["ename"] == "KeyboardInterrupt"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(out["error"]["traceback"]))
+    assert "time.sleep(30)" in text and "nb_trainer" not in text, text
+    state = json.loads(kernel.run("run.wait(10); print(json.dumps([run.status, run.stop_reason]))")["text"])
+    assert state == ["stopped", "interrupted from the notebook"]

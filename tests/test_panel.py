@@ -223,7 +223,8 @@ def test_find_lr_button_shows_curve_and_sets_the_slider(trainer):
     panel.use_lr.click()
     assert panel.controls["lr"].value == pytest.approx(suggestion)
     assert wait_until(lambda: len(trainer.runs) == 1, timeout=5)
-    assert trainer.runs[-1].config.lr == pytest.approx(suggestion)
+    # the run takes the value as the slider and the suggestion show it (two significant digits)
+    assert trainer.runs[-1].config.lr == float(f"{suggestion:.2g}")
     trainer.wait()
 
 
@@ -234,3 +235,166 @@ def test_code_button_shows_a_snippet_that_reproduces_the_run(trainer):
     panel.refresh()
     panel.code_button.click()
     assert 'optimizer="sgd"' in panel.export_text.value and "lr=0.02" in panel.export_text.value
+
+
+# -- what a person sees (issue: the panel as a person sees it) ---------------------------------------
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_is_never_an_empty_image_and_the_renderer_starts_with_the_panel(trainer):
+    from nb_trainer.ui import render
+    panel = trainer.panel()
+    assert bytes(panel.plot.value).startswith(PNG)       # a placeholder frame, not a broken-image icon
+    renderer = render.get_renderer(start=False)
+    assert renderer._thread is not None                  # started at build, ahead of the first frame
+
+
+def test_start_with_nothing_changed_changes_nothing(small_digits):
+    train, val = small_digits
+    t = nbt.Trainer(mlp(64, 10, hidden=16, dropout=0.1), train, val, store=None, epochs=1)
+    try:
+        panel = t.panel()
+        panel.buttons["start"].click()
+        t.wait()
+        assert t.runs[0].note == "first run" and t.runs[0].config.dropout is None
+        panel.buttons["start"].click()
+        t.wait()
+        assert t.runs[1].note == "same config", t.runs[1].note    # not "dropout None → 0.1"
+    finally:
+        t.close()
+
+
+def test_start_reads_restart_while_a_run_trains(slow_trainer):
+    panel = slow_trainer.panel()
+    panel.refresh()
+    assert panel.buttons["start"].description == "Start"
+    slow_trainer.start()
+    panel.refresh()
+    assert panel.buttons["start"].description == "Restart"
+    slow_trainer.stop()
+    slow_trainer.wait()
+    panel.refresh()
+    assert panel.buttons["start"].description == "Start"
+
+
+def test_slider_values_reach_the_run_as_the_slider_shows_them(trainer):
+    from nb_trainer.export import config_snippet
+    panel = trainer.panel()
+    panel.controls["lr"].value = 10 ** -2.35                 # what ArrowRight from 4e-3 gives: 0.0044668...
+    assert wait_until(lambda: len(trainer.runs) == 1, timeout=5)
+    run = trainer.wait()
+    assert run.config.lr == 0.0045                            # the readout says 4.5e-3
+    assert "lr=0.0045" in config_snippet(run) and "0.00446" not in config_snippet(run)
+
+
+def test_rate_and_eta_stand_still_while_paused():
+    clock = S.PauseClock()
+
+    class FakeRun:
+        config = nbt.TrainConfig(epochs=10)
+        steps_per_epoch, step, epoch, epochs, status = 100, 300, 4, [{}] * 3, "running"
+        started_at, ended_at = 1000.0, None
+    run = FakeRun()
+    clock.observe(run, now=1010.0)
+    run.status = "paused"
+    clock.observe(run, now=1010.0)
+    assert clock.active_seconds(run, now=1010.0) == clock.active_seconds(run, now=1100.0) == 10.0
+    run.status = "running"
+    clock.observe(run, now=1100.0)
+    assert clock.active_seconds(run, now=1105.0) == 15.0      # the 90 s paused do not count
+
+
+def test_progress_and_runs_table_agree_on_epochs_after_stop(slow_trainer):
+    run = slow_trainer.start(epochs=50)
+    assert wait_until(lambda: len(run.epochs) >= 1 and run.step > run.steps_per_epoch * len(run.epochs) + 1,
+                      timeout=20)
+    slow_trainer.stop()
+    slow_trainer.wait()
+    _, _, text = S.progress(run)
+    table = S.runs_table_html(slow_trainer.runs, slow_trainer.task)
+    assert f"epoch {len(run.epochs)}/50" in text and f"<td>{len(run.epochs)}/50</td>" in table
+
+
+def test_a_live_change_shows_in_the_status_and_the_table_keeps_the_starting_config(slow_trainer):
+    panel = slow_trainer.panel()
+    run = slow_trainer.start(lr=1e-3)
+    assert wait_until(lambda: run.step >= 3)
+    slow_trainer.change(lr=3e-3)
+    assert wait_until(lambda: run.changes, timeout=5)
+    slow_trainer.stop()
+    slow_trainer.wait()
+    panel.refresh()
+    assert "lr 0.001 → 0.003 (live, step" in panel.status.value
+    row = S.runs_table_html(slow_trainer.runs, slow_trainer.task)
+    assert "lr=0.001" in row or "adam, lr=0.001" in row
+    assert "→ live: lr=0.003" in row
+
+
+def test_csv_button_shows_a_link_that_downloads_the_epochs(trainer):
+    import base64
+    import re
+    from nb_trainer.export import epochs_csv
+    panel = trainer.panel()
+    run = trainer.start()
+    trainer.wait()
+    panel.refresh()
+    panel.csv_button.click()
+    link = panel.download.value
+    assert "download=" in link and panel.download.layout.display is None
+    data = re.search(r"href='data:text/csv;base64,([^']+)'", link).group(1)
+    assert base64.b64decode(data).decode() == epochs_csv(run)
+
+
+def test_the_static_rendering_carries_the_figure_the_status_and_the_runs(trainer, monkeypatch):
+    from nb_trainer.ui import static
+    published = []
+    monkeypatch.setattr(static, "publish", lambda data, display_id, update: published.append((data, update)))
+    panel = trainer.panel()
+    panel._display_id = "nbt-test"                   # what displaying the panel sets
+    panel._static_sig = panel._static_signature()
+    trainer.start()
+    trainer.wait()
+    trainer.start(lr=0.02)
+    trainer.wait()
+    assert wait_until(lambda: published, timeout=30)
+    assert wait_until(lambda: "run 2 finished" in published[-1][0]["text/plain"], timeout=30)
+    data, update = published[-1]
+    assert update and data["text/html"].count("nbt-run-row") == 2
+    assert "data:image/png;base64," in data["text/html"]
+    import base64
+    assert base64.b64decode(data["image/png"]).startswith(PNG)
+    assert "best val accuracy" in data["text/plain"] and "Panel(" not in data["text/plain"]
+    n = len(published)
+    assert not panel.publish_static()                # nothing changed: nothing sent again
+    assert len(published) == n
+
+
+def test_the_panel_lists_and_draws_this_models_runs_of_earlier_kernels(small_digits, tmp_path, monkeypatch):
+    from nb_trainer.ui import earlier, figure
+    train, val = small_digits
+    old = nbt.Trainer(mlp(64, 10, hidden=16), train, val, store=str(tmp_path / "s"), epochs=2)
+    old.start().wait()
+    old.start(lr=3e-3).wait()
+    old.close()
+    other = nbt.Trainer(mlp(64, 10, hidden=24), train, val, store=str(tmp_path / "s"), epochs=2)
+    other.start().wait()
+    other.close()
+    # a new kernel: another process
+    monkeypatch.setattr(earlier, "_this_process", lambda: ("another-host", -1))
+    new = nbt.Trainer(mlp(64, 10, hidden=16, seed=5), train, val, store=str(tmp_path / "s"), epochs=2)
+    try:
+        panel = new.panel()
+        assert [r.config.lr for r in panel.earlier] == [1e-3, 3e-3]      # same architecture only
+        table = panel.runs_table.value
+        assert table.count("nbt-run-row nbt-earlier") == 2
+        assert "earlier kernels" in table
+        snap = figure.snapshot(panel.plot_runs(), new.task)
+        assert [r["label"] for r in snap["runs"]] == ["earlier 1", "earlier 2: lr 0.001 → 0.003"]
+        assert not any(r["current"] for r in snap["runs"])
+        new.start().wait()
+        snap = figure.snapshot(panel.plot_runs(), new.task)
+        assert snap["runs"][-1]["label"] == "run 1: first run" and snap["runs"][-1]["current"]
+        panel.show_earlier.value = False
+        assert len(panel.plot_runs()) == 1
+    finally:
+        new.close()

@@ -199,7 +199,7 @@ def test_rendered_frame_is_kept_as_an_artifact():
                         spike_at=1700)
     png = R.render_png(F.snapshot(runs, "classification"))
     (ARTIFACTS / "live_figure.png").write_bytes(png)
-    assert Image.open(io.BytesIO(png)).size == (800, 480)
+    assert Image.open(io.BytesIO(png)).size == (720, 440)
 
 
 # -- decimation -----------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_renderer_process_returns_png_frames_of_the_asked_size(renderer):
     assert png is not None and png.startswith(PNG_SIGNATURE)
     img = Image.open(io.BytesIO(png))
     img.load()
-    assert img.size == (800, 480)
+    assert img.size == (720, 440)
     assert renderer.pid is not None and renderer.pid != os.getpid() and renderer.mode == "process"
     seq = renderer.submit("b", snap, size=(640, 400))
     assert Image.open(io.BytesIO(renderer.wait("b", seq, timeout=30))).size == (640, 400)
@@ -590,3 +590,64 @@ def test_bad_sizes_and_snapshots_are_refused_by_name(renderer):
         renderer.submit("s", [1, 2, 3])
     with pytest.raises(TypeError, match="callback"):
         renderer.submit("s", F.snapshot([], "classification"), callback="not callable")
+
+
+# -- readable as shown ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_text_is_at_least_10_css_pixels_at_any_scale(scale):
+    fig = F.LiveFigure((720, 440), scale=scale)
+    fig.update(F.snapshot(five_runs(), "classification"))
+    png = fig.png()
+    assert Image.open(io.BytesIO(png)).size == (int(720 * scale), int(440 * scale))
+    fig.canvas.draw()
+    texts = [t for ax in fig.axes.values() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    texts += [t for leg in fig.fig.legends for t in leg.get_texts()]
+    texts += [ax.title for ax in fig.axes.values()]
+    # points at 72 dpi x scale: a point is a CSS pixel once the PNG is shown at size / scale
+    css_px = [t.get_fontsize() * fig.fig.dpi / 72 / scale for t in texts]
+    assert min(css_px) >= 10, min(css_px)
+
+
+def test_long_legend_labels_wrap_instead_of_being_cut():
+    runs = five_runs()
+    note = "optimizer adam → adamw, lr 0.001 → 0.003, weight_decay 0 → 0.0001"
+    runs[-1].note = note
+    fig = F.LiveFigure((720, 440))
+    fig.update(F.snapshot(runs, "classification"))
+    texts = [t.get_text() for leg in fig.fig.legends for t in leg.get_texts()]
+    current = next(t for t in texts if "current" in t)
+    assert current.replace("\n", " ") == f"run 5: {note} — current" and "\n" in current
+
+
+def test_axes_follow_the_current_run_not_an_earlier_one_that_blew_up():
+    exploded = make_run(300, note="first run")
+    exploded.history = StepHistory()
+    extend(exploded, range(1, 301), np.geomspace(2.0, 1e8, 300), np.geomspace(1, 1e6, 300), 0.1, 100)
+    fixed = make_run(200, lr=0.01, note="lr 0.1 → 0.01, grad_clip off → 1", seed=3, status="running", epochs=3)
+    fig = F.LiveFigure()
+    fig.update(F.snapshot([exploded, fixed], "classification"))
+    lo, hi = fig.axes["loss"].get_ylim()
+    assert hi < 20, (lo, hi)                       # the new run's 0.1-2.4, not the old run's 1e8
+    assert fig.axes["grad_norm"].get_ylim()[1] < 1e4
+
+
+def test_the_renderer_draws_at_the_asked_scale(renderer):
+    seq = renderer.submit("s2", F.snapshot([make_run(100)], "classification"), size=(640, 400), scale=2)
+    png = renderer.wait("s2", seq, timeout=60)
+    assert Image.open(io.BytesIO(png)).size == (1280, 800)
+    with pytest.raises(ValueError, match="scale"):
+        renderer.submit("s2", F.snapshot([], "classification"), scale=5)
+
+
+def test_frames_are_drawn_in_the_kernel_until_the_renderer_process_is_up(monkeypatch):
+    # a renderer process that takes long to say "ready": frames do not wait for it
+    monkeypatch.setattr(R.Renderer, "_check_ready", lambda self: False)
+    r = R.Renderer().start()
+    try:
+        seq = r.submit("early", F.snapshot([make_run(100)], "classification"))
+        png = r.wait("early", seq, timeout=60)
+        assert png is not None and png.startswith(PNG_SIGNATURE)
+        assert r.inprocess_cpu_s > 0 and r.mode == "process"
+    finally:
+        r.close()

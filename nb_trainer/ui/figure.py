@@ -57,7 +57,12 @@ MAIN_METRIC = {name: ("val_" + t.main, t.main_label) for name, t in TASK_TABLE.i
 _FAINT_ALPHA = (0.38, 0.24, 0.15)   # newest earlier run first
 _COLORS = {"loss": "tab:blue", "val_loss": "tab:orange", "metric": "tab:green",
            "grad_norm": "tab:purple", "lr": "tab:brown"}
-_LABEL_CHARS = 42
+_LABEL_CHARS = 96     # a run's note longer than this is cut; the legend wraps it onto two lines
+# Text sizes in CSS pixels: the figure is drawn at 72 dpi times its scale, so a point is a pixel
+# of the page at the size the image is shown (at least 10 px, what stays readable in a notebook)
+TITLE_PX = 11.5
+TICK_PX = 10.0
+LEGEND_PX = 10.0
 
 
 def main_metric(task: str) -> tuple[str, str]:
@@ -219,7 +224,8 @@ def _shorten(text: str, limit: int) -> str:
 
 def _label(run, number: int, current: bool) -> str:
     note = _shorten(str(getattr(run, "note", "") or "").strip(), _LABEL_CHARS)
-    text = f"run {number}" + (f": {note}" if note else "")
+    name = getattr(run, "display_name", None) or f"run {number}"    # "earlier 3": a run of an earlier kernel
+    text = name + (f": {note}" if note else "")
     status = getattr(run, "status", "")
     if status in ("failed", "diverged") or (current and status in ("stopped", "paused")):
         text += f" ({status})"
@@ -301,9 +307,17 @@ def snapshot(runs: Sequence, task: Optional[str] = None, faint: int = FAINT_RUNS
         raise ValueError(f"faint: got {faint!r}; accepted: an int >= 0")
     cache = _DEFAULT_CACHE if cache is None else cache
     shown = runs[-(faint + 1):] if runs else []
-    first_number = len(runs) - len(shown) + 1
+    # runs are numbered by their place among the Trainer's own (earlier kernels' runs have a display_name)
+    numbers, n = [], 0
+    for r in runs:
+        if not getattr(r, "display_name", None):
+            n += 1
+        numbers.append(n)
+    numbers = numbers[len(runs) - len(shown):]
     with cache.lock:
-        snaps = [_run_snapshot(r, first_number + i, i == len(shown) - 1, metric, max_points, cache)
+        # an earlier kernel's run is never the current one: with no run of its own yet, all are faint
+        snaps = [_run_snapshot(r, numbers[i], i == len(shown) - 1 and not getattr(r, "display_name", None),
+                               metric, max_points, cache)
                  for i, r in enumerate(shown)]
     stamp = (task, max_points) + tuple(
         (s["id"], s["label"], s["status"], getattr(r.history, "version", len(r.history)),
@@ -374,11 +388,20 @@ def fit_log(lo: float, hi: float, old: Optional[tuple] = None) -> tuple[float, f
     return 10.0 ** a, 10.0 ** b
 
 
-def _values(snap: dict, names: Iterable[str], positive: bool = False) -> np.ndarray:
-    parts = [run[n][1] for run in snap["runs"] for n in names]
-    v = np.concatenate(parts) if parts else np.empty(0)
-    v = v[np.isfinite(v)]
-    return v[v > 0] if positive else v
+def _values(snap: dict, names: Iterable[str], positive: bool = False, only: Optional[dict] = None) -> np.ndarray:
+    """The finite values of the ``names`` series: of run ``only`` when it has any, else of every run."""
+    names = tuple(names)
+
+    def of(runs):
+        parts = [run[n][1] for run in runs for n in names]
+        v = np.concatenate(parts) if parts else np.empty(0)
+        v = v[np.isfinite(v)]
+        return v[v > 0] if positive else v
+    if only is not None:
+        v = of([only])
+        if len(v):
+            return v
+    return of(snap["runs"])
 
 
 def _robust_hi(v: np.ndarray) -> float:
@@ -399,9 +422,10 @@ class LiveFigure:
     Parameters
     ----------
     size : (int, int)
-        Width and height in pixels.
-    dpi : int
-        Resolution (sets the text size relative to the pixels).
+        Width and height as shown on the page, in CSS pixels (text sizes are set in these).
+    scale : float
+        Device pixels per CSS pixel: the PNG is ``size * scale`` pixels (2 for a high-density
+        screen), so text is as large on the page at any scale and sharp at 2.
 
     Attributes
     ----------
@@ -411,10 +435,12 @@ class LiveFigure:
         Frames drawn.
     """
 
-    def __init__(self, size: tuple[int, int] = (800, 480), dpi: int = 100):
+    def __init__(self, size: tuple[int, int] = (720, 440), scale: float = 1.0):
         w, h = _check_size(size)
         self.size = (w, h)
-        self.fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+        self.scale = check_scale(scale)
+        # 72 dpi: one point is one CSS pixel, so font sizes below are pixels on the page
+        self.fig = Figure(figsize=(w / 72, h / 72), dpi=72 * self.scale)
         self.canvas = FigureCanvasAgg(self.fig)
         grid = self.fig.subplots(2, 2, sharex=True)
         self.axes = {"loss": grid[0, 0], "metric": grid[0, 1], "grad_norm": grid[1, 0], "lr": grid[1, 1]}
@@ -423,17 +449,17 @@ class LiveFigure:
         for name, title in (("loss", "loss"), ("metric", "val metric"),
                             ("grad_norm", "gradient norm"), ("lr", "learning rate")):
             ax = self.axes[name]
-            ax.set_title(title, fontsize=9, pad=3)
-            ax.tick_params(labelsize=7, pad=2)
+            ax.set_title(title, fontsize=TITLE_PX, pad=3)
+            ax.tick_params(labelsize=TICK_PX, pad=2, length=3)
             ax.grid(True, alpha=0.25, linewidth=0.6)
         for name in ("grad_norm", "lr"):
             self.axes[name].set_yscale("log")
         for name in ("grad_norm", "lr"):
-            self.axes[name].set_xlabel("step", fontsize=8, labelpad=1)
+            self.axes[name].set_xlabel("step", fontsize=TICK_PX, labelpad=1)
         self.current = {s: self._line(s, 1.0, True) for s in SERIES}
         self.faint = [{s: self._line(s, a, False) for s in SERIES} for a in _FAINT_ALPHA]
         self._layout(40)
-        self._empty_text = self.fig.text(0.5, 0.45, "", ha="center", va="center", fontsize=11, color="0.4")
+        self._empty_text = self.fig.text(0.5, 0.45, "", ha="center", va="center", fontsize=13, color="0.4")
         self._legends: list = []
         self._background = None
         self._background_key = None
@@ -445,7 +471,7 @@ class LiveFigure:
         ax = self.axes[self._series_axes[series]]
         epoch = series in EPOCH_SERIES
         line, = ax.plot([], [], color=_COLORS[series], alpha=alpha,
-                        linewidth=1.0 if series in STEP_SERIES else 1.4,
+                        linewidth=1.2 if series in STEP_SERIES else 1.7,
                         marker="o" if (epoch and current) else None, markersize=3,
                         zorder=3 if current else 2)
         line.set_animated(current)        # current lines are drawn per frame over the cached background
@@ -483,7 +509,7 @@ class LiveFigure:
 
     def png(self) -> bytes:
         from PIL import Image
-        w, h = self.size
+        w, h = self.canvas.get_width_height(physical=True)
         img = Image.frombuffer("RGBA", (w, h), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
         out = io.BytesIO()
         img.convert("RGB").save(out, format="PNG", compress_level=1)
@@ -499,7 +525,7 @@ class LiveFigure:
         title = snap["metric_label"]
         if limits["metric_below"]:
             title += f" (values below {limits['metric'][0]:g} off the axis)"
-        self.axes["metric"].set_title(title, fontsize=9, pad=3)
+        self.axes["metric"].set_title(title, fontsize=TITLE_PX, pad=3)
         for leg in self._legends:
             leg.remove()
         self._legends = self._make_legends(cur, faint)
@@ -511,52 +537,58 @@ class LiveFigure:
     def _make_legends(self, cur, faint) -> list:
         """The series legend (top left) and the runs legend (top right), sized to fit side by side.
 
-        Sets the top margin to the legends' height, so they never sit on the plots.
+        Run labels wrap onto two lines when they are long, in one or two columns, whichever fits;
+        only what still does not fit is cut (with "…"). Sets the top margin to the legends'
+        height, so they never sit on the plots.
         """
         renderer = self.canvas.get_renderer()
         w, h = self.size
-        series = [Line2D([], [], color=_COLORS["loss"], linewidth=1.2),
-                  Line2D([], [], color=_COLORS["val_loss"], linewidth=1.4, marker="o", markersize=3)]
-        style = dict(fontsize=7.5, frameon=False, handlelength=1.8, borderaxespad=0.2, labelspacing=0.3,
-                     columnspacing=1.2)
+        px = 1.0 / self.scale          # window extents are in device pixels; the layout is in CSS pixels
+        series = [Line2D([], [], color=_COLORS["loss"], linewidth=1.4),
+                  Line2D([], [], color=_COLORS["val_loss"], linewidth=1.7, marker="o", markersize=3)]
+        style = dict(fontsize=LEGEND_PX, frameon=False, handlelength=1.6, borderaxespad=0.2, labelspacing=0.25,
+                     columnspacing=1.0, handletextpad=0.5)
         left = self.fig.legend(series, ["train loss (per step)", "val loss (per epoch)"],
                                loc="upper left", bbox_to_anchor=(4 / w, 1 - 2 / h), **style)
         legends = [left]
         handles, labels = [], []
         if cur is not None:
-            handles.append(Line2D([], [], color="0.15", linewidth=1.6))
+            handles.append(Line2D([], [], color="0.15", linewidth=1.8))
             labels.append(cur["label"] + " — current")
         for slot, r in enumerate(faint):
-            handles.append(Line2D([], [], color="0.15", linewidth=1.6, alpha=_FAINT_ALPHA[slot]))
+            handles.append(Line2D([], [], color="0.15", linewidth=1.8, alpha=_FAINT_ALPHA[slot]))
             labels.append(r["label"])
         if handles:
-            room = w - left.get_window_extent(renderer).width - 20
+            room = w - left.get_window_extent(renderer).width * px - 20
             right = None
-            for ncols, limit in [(2, None), (1, None)] + [(1, n) for n in (40, 32, 26, 20, 16, 12)]:
-                if ncols > len(handles):
+            # characters per line: what 10 px text holds in the room left (about 5.6 px a character)
+            chars = max(16, int(room / 5.6))
+            tries = [(2, chars // 2 - 3), (1, chars)] + [(1, n) for n in (chars * 3 // 4, chars // 2, 24, 16)]
+            for ncols, width in tries:
+                if ncols > len(handles) or width < 12:
                     continue
                 if right is not None:
                     right.remove()
-                shown = labels if limit is None else [_shorten(t, limit) for t in labels]
+                shown = [wrap_label(t, width) for t in labels]
                 right = self.fig.legend(handles, shown, loc="upper right", bbox_to_anchor=(1 - 4 / w, 1 - 2 / h),
                                         ncols=ncols, **style)
-                if right.get_window_extent(renderer).width <= room:
+                if right.get_window_extent(renderer).width * px <= room:
                     break
             legends.append(right)
-        top_px = max(leg.get_window_extent(renderer).height for leg in legends) + 6
+        top_px = max(leg.get_window_extent(renderer).height * px for leg in legends) + 6
         self._layout(top_px)
         return legends
 
     def _layout(self, legend_px: float) -> None:
-        """Margins in pixels (tick labels, titles, the legends), whatever the figure's size."""
+        """Margins in CSS pixels (tick labels, titles, the legends), whatever the figure's size."""
         w, h = self.size
-        title_px, bottom_px, left_px, right_px, col_gap_px = 17, 34, 42, 16, 44
+        title_px, bottom_px, left_px, right_px, col_gap_px = 20, 36, 50, 14, 54
         top = 1 - (legend_px + title_px) / h
         bottom = bottom_px / h
-        axes_h = ((top - bottom) * h - title_px - 8) / 2
+        axes_h = ((top - bottom) * h - title_px - 10) / 2
         axes_w = (w - left_px - right_px - col_gap_px) / 2
         self.fig.subplots_adjust(left=left_px / w, right=1 - right_px / w, top=top, bottom=bottom,
-                                 hspace=(title_px + 8) / max(axes_h, 1), wspace=col_gap_px / max(axes_w, 1))
+                                 hspace=(title_px + 10) / max(axes_h, 1), wspace=col_gap_px / max(axes_w, 1))
 
     # -- limits ---------------------------------------------------------------------------------
     def _fit_limits(self, snap, cur, faint) -> dict[str, tuple]:
@@ -577,7 +609,9 @@ class LiveFigure:
             limits["x"] = (0.0, _nice_ceil(2.0 * cur_hi))
         else:
             limits["x"] = (0.0, want)
-        loss = _values(snap, ("loss", "val_loss"))
+        # loss and gradient norm follow the current run: an earlier run that blew up to 1e8 must not
+        # squash the new one into a flat line at 0 (its faint line goes off the top instead)
+        loss = _values(snap, ("loss", "val_loss"), only=cur)
         limits["loss"] = fit_linear(float(loss.min()), _robust_hi(loss), old.get("loss")) \
             if len(loss) else (0.0, 1.0)
         metric = _values(snap, ("metric",))
@@ -589,13 +623,31 @@ class LiveFigure:
             if len(metric) else (0.0, 1.0)
         limits["metric_below"] = bool(len(metric) and metric.min() < limits["metric"][0])
         for name in ("grad_norm", "lr"):
-            v = _values(snap, (name,), positive=True)
+            v = _values(snap, (name,), positive=True, only=cur if name == "grad_norm" else None)
             limits[name] = fit_log(float(v.min()), float(v.max()), old.get(name)) if len(v) else (1e-3, 1e1)
         return limits
 
 
 def _len(run: dict) -> tuple:
     return tuple(len(run[s][0]) for s in SERIES)
+
+
+def wrap_label(text: str, width: int, lines: int = 2) -> str:
+    """``text`` on at most ``lines`` lines of ``width`` characters, cut with "…" only past that."""
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder=" …",
+                                    break_long_words=True)) or text
+
+
+def check_scale(scale) -> float:
+    """A figure scale (device pixels per CSS pixel), 1 to 3, to a quarter."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale: got {scale!r}; accepted: a number from 1 to 3") from None
+    if not 1.0 <= value <= 3.0:
+        raise ValueError(f"scale: got {scale!r}; accepted: a number from 1 to 3")
+    return round(value * 4) / 4
 
 
 def _check_size(size) -> tuple[int, int]:

@@ -5,12 +5,19 @@ thread (setting a trait value is safe from a background thread; an Output
 widget's context manager is not, so none is used). A single daemon thread per
 panel refreshes the status and submits plot snapshots to the shared renderer
 process; the training thread never renders.
+
+Displayed in a notebook, the panel also shows a static rendering of its result beside it
+(:mod:`nb_trainer.ui.static`), so that the saved notebook shows the figure and the runs
+table without a kernel, and it installs the kernel hooks (:mod:`nb_trainer.ui.kernel`):
+Kernel › Interrupt stops training.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
 import logging
-import os
+import math
 import threading
 import time
 from typing import Optional
@@ -21,13 +28,25 @@ from .. import events as ev
 from ..config import LIVE_FIELDS, TrainConfig
 from . import status as S
 from .controls import build_controls, show_value
+from .placeholder import placeholder_png
 
 RECIPE_FIELDS = ("schedule", "warmup", "accumulate", "precision")
 
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.5      # a new frame at most this often while a run trains
+DEFAULT_SIZE = (720, 440)   # CSS pixels the figure is drawn for until the page says how wide it is shown
+ASPECT = DEFAULT_SIZE[1] / DEFAULT_SIZE[0]
+WIDTH_RANGE = (360, 1400)   # widths the figure is drawn at (the page may report anything)
+MAX_SCALE = 2.0             # device pixels per CSS pixel drawn at most (a 3x phone gets 2x)
+WAITING = "waiting for the first steps…"
+NO_RUN = "no run yet: press Start or move a slider"
+# what the panel sends to a run: values as the control shows them, not the slider's float
+# (10 ** -2.35 is shown as 4.5e-3; the run and its code snippet say lr=0.0045)
+SHOWN_VALUE = {"lr": lambda v: float(f"{v:.2g}"), "momentum": lambda v: round(v, 2),
+               "dropout": lambda v: round(v, 2)}
 IDLE_SECONDS = 2.0       # refresh period when nothing trains
+MIN_REFRESH_SECONDS = 0.2   # the panel refreshes at most this often while a run trains
 N_WARNING_ROWS = 6       # warning rows built up front; unused ones are hidden
 DEFAULT_PATIENCE = 5     # what the early-stopping checkbox turns patience on to
 
@@ -41,12 +60,19 @@ class Panel(W.VBox):
         ``{TrainConfig field name: widget}``; setting a value retrains (restart
         mode) or changes the running optimizer (live mode, live fields only).
     plot : ipywidgets.Image
-        The live 4-panel figure (PNG).
+        The live 4-panel figure (PNG): a placeholder frame until the first steps are logged.
+    earlier : list
+        This model's runs from earlier kernels (same fingerprint), listed in the runs table and
+        drawn faintly while :attr:`show_earlier` is ticked.
     """
 
-    def __init__(self, trainer, size=(800, 480)):
+    def __init__(self, trainer, size=DEFAULT_SIZE):
+        from . import earlier as earlier_runs
+        from . import render
+        from .frontend import make_helper
         self.trainer = trainer
-        self.size = size
+        self.size = (int(size[0]), int(size[1]))   # CSS pixels
+        self.scale = 1.0                           # device pixels per CSS pixel (the page reports it)
         self._closed = False
         self._sync_thread: Optional[int] = None
         self._wake = threading.Event()
@@ -56,7 +82,17 @@ class Panel(W.VBox):
         self._shown_png = None
         self._plot_submitted = 0.0   # monotonic time of the last snapshot sent to the renderer
         self._plot_owed = False      # a newer snapshot is waiting for FRAME_SECONDS to pass
-        self._renderer = None
+        self._last_seq: Optional[int] = None
+        self._frame_lock = threading.Lock()
+        self._real_frame = False     # the plot shows a drawn figure (not the placeholder)
+        self._display_id: Optional[str] = None
+        self._static_sig = None
+        self._static_lock = threading.Lock()
+        self.static_updates = 0      # how often the saved rendering was (re)published
+        self.clock = S.PauseClock()
+        # the renderer process takes about a second to start: start it now, not at the first frame
+        self._renderer = render.get_renderer()
+        self.earlier = earlier_runs.find(trainer)
 
         config = self._shown_config()
         model_p = next(iter(trainer._dropout_p.values()), None)
@@ -97,6 +133,7 @@ class Panel(W.VBox):
         self.buttons["start"].on_click(lambda _: self._guard(self._start))
         self.buttons["pause"].on_click(lambda _: self._guard(self._toggle_pause))
         self.buttons["stop"].on_click(lambda _: self._guard(trainer.stop))
+        self.buttons["start"].tooltip = "start a run with the values the controls show"
         self.buttons["reset"].on_click(lambda _: self._guard(trainer.reset))
         self.buttons["lr_find"].on_click(lambda _: self._guard(self._lr_find))
 
@@ -108,11 +145,21 @@ class Panel(W.VBox):
         self.status.add_class("nbt-status")
         self.message = W.HTML()
         self.message.add_class("nbt-message")
-        # shrinks (keeping its aspect) to the room the controls leave; wraps below them when narrower
-        self.plot = W.Image(format="png", value=b"",
-                            layout=W.Layout(max_width=f"{size[0]}px", min_width="480px", height="auto",
+        # fills the room the controls leave (up to 960 px), keeping its aspect; wraps below them when
+        # narrower. The page reports the width it is shown at, and frames are drawn at that width.
+        self.plot = W.Image(format="png", value=placeholder_png(self.size, self.scale,
+                                                                WAITING if trainer.running else NO_RUN),
+                            layout=W.Layout(max_width="960px", min_width="420px", height="auto",
                                             flex="1 1 480px"))
         self.plot.add_class("nbt-plot")
+        self.helper = make_helper()
+        if self.helper is not None:
+            self.helper.observe(self._on_view, names=["width", "dpr"])
+        self.show_earlier = W.Checkbox(value=True, indent=False,
+                                       description=f"draw the {len(self.earlier)} runs of earlier kernels",
+                                       layout=W.Layout(display=None if self.earlier else "none", width="auto"))
+        self.show_earlier.add_class("nbt-show-earlier")
+        self.show_earlier.observe(lambda change: self._wake.set(), names="value")
 
         self.warning_rows = []
         for i in range(N_WARNING_ROWS):
@@ -125,13 +172,14 @@ class Panel(W.VBox):
             self.warning_rows.append((row, text, button))
         self._warning_fixes: list[dict] = [{} for _ in range(N_WARNING_ROWS)]
 
-        self.runs_table = W.HTML(S.runs_table_html(trainer.runs, trainer.task))
+        self.runs_table = W.HTML(S.runs_table_html(trainer.runs, trainer.task, earlier=self.earlier))
         self.runs_table.add_class("nbt-runs-table")
         self.run_select = W.Dropdown(options=[], description="run", layout=W.Layout(width="160px"),
                                      style={"description_width": "30px"})
         self.code_button = W.Button(description="Code", icon="code", tooltip="a snippet that reproduces the run",
                                     layout=W.Layout(width="80px"))
-        self.csv_button = W.Button(description="CSV", icon="download", tooltip="write the run's epochs as CSV",
+        self.csv_button = W.Button(description="CSV", icon="download",
+                                   tooltip="a link that downloads the run's epochs as CSV",
                                    layout=W.Layout(width="80px"))
         self.continue_button = W.Button(description="Continue", icon="play",
                                         tooltip="a new run from this run's final weights, with the current controls",
@@ -142,6 +190,8 @@ class Panel(W.VBox):
         self.csv_button.on_click(lambda _: self._guard(self._write_csv))
         self.export_text = W.Textarea(layout=W.Layout(width="640px", height="60px", display="none"))
         self.export_text.add_class("nbt-export")
+        self.download = W.HTML(layout=W.Layout(display="none"))
+        self.download.add_class("nbt-download")
 
         self.lr_plot = W.Image(format="png", value=b"", layout=W.Layout(width="400px", display="none"))
         self.lr_plot.add_class("nbt-lr-plot")
@@ -172,20 +222,25 @@ class Panel(W.VBox):
         header = W.HBox([self.status, self.progress, self.progress_text],
                         layout=W.Layout(align_items="center", justify_content="flex-start"))
         lr_box = W.HBox([self.lr_plot, W.VBox([self.lr_text, self.use_lr])])
-        runs_box = W.VBox([self.runs_table,
-                           W.HBox([self.run_select, self.continue_button, self.code_button, self.csv_button]),
-                           self.export_text])
-        # column gaps of the runs table (its HTML has no padding; the widget has no table CSS)
-        table_css = W.HTML("<style>.nbt-runs th, .nbt-runs td {padding: 1px 14px 1px 0; text-align: left}</style>",
-                           layout=W.Layout(display="none"))
+        runs_box = W.VBox([self.runs_table, self.show_earlier,
+                           W.HBox([self.run_select, self.continue_button, self.code_button, self.csv_button, self.download],
+                                  layout=W.Layout(align_items="center")), self.export_text])
         super().__init__([header, self.message,
                           W.HBox([left, self.plot], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
-                          W.VBox([r for r, _, _ in self.warning_rows]), lr_box, runs_box, table_css])
+                          W.VBox([r for r, _, _ in self.warning_rows]), lr_box, runs_box])
         self.add_class("nbt-panel")
+        self._key = self.model_id
+        # the runs table's column gaps, the "no word from the kernel" note, and the rule that hides
+        # this panel's static rendering (for saved notebooks) while the live panel is on the page
+        from .static import hide_rule
+        self.css = W.HTML(f"<style>{S.PANEL_CSS}\n{hide_rule(self._key)}</style>", layout=W.Layout(display="none"))
+        self.children = self.children + tuple(w for w in (self.css, self.helper) if w is not None)
         self._set_controls_enabled()
         self._sub = trainer.events.subscribe(self._on_event)
         self._thread = threading.Thread(target=self._loop, name="nbt-panel", daemon=True)
         self._thread.start()
+        if self.earlier or trainer.runs:
+            self._wake.set()       # something to draw already: the first refresh now, not in IDLE_SECONDS
 
     # -- reacting to the user --------------------------------------------------
     def _guard(self, fn) -> None:
@@ -203,6 +258,8 @@ class Panel(W.VBox):
         if name == "patience":
             with self._syncing():
                 self.early_stopping.value = value > 0
+        if name in SHOWN_VALUE and isinstance(value, float):
+            value = SHOWN_VALUE[name](value)
         trainer = self.trainer
 
         def act():
@@ -218,7 +275,18 @@ class Panel(W.VBox):
         self.controls["patience"].value = DEFAULT_PATIENCE if change["new"] else 0
 
     def _start(self) -> None:
-        self.trainer.start(**self.values())
+        """Start (or restart) with what the controls show; only what differs from the last config changes."""
+        base = self.trainer.config()
+        model_p = next(iter(self.trainer._dropout_p.values()), None)
+        changes = {}
+        for name, value in self.values().items():
+            now = getattr(base, name)
+            if isinstance(value, float) and isinstance(now, float) and math.isclose(value, now, rel_tol=1e-9):
+                continue
+            if value == now or (name == "dropout" and now is None and value == model_p):
+                continue                 # the slider shows the model's own dropout: nothing changed
+            changes[name] = value
+        self.trainer.start(**changes)
 
     def _toggle_pause(self) -> None:
         run = self.trainer.current
@@ -282,13 +350,17 @@ class Panel(W.VBox):
         self.export_text.layout.display = None
 
     def _write_csv(self) -> None:
+        """Show a link that downloads the run's epochs as CSV (the browser saves it where downloads go)."""
         run = self._selected_run()
         from ..export import epochs_csv
-        folder = getattr(self.trainer.store, "path", None) or os.getcwd()
-        path = os.path.join(str(folder), f"run-{run.id}.csv")
-        epochs_csv(run, path)
-        self.export_text.value = f"wrote {path}"
-        self.export_text.layout.display = None
+        number = self.trainer.runs.index(run) + 1 if run in self.trainer.runs else 0
+        name = f"nb_trainer-run-{number}-{run.id}.csv"
+        data = base64.b64encode(epochs_csv(run).encode("utf-8")).decode("ascii")
+        self.download.value = (f"<a class='nbt-csv-link' download='{html.escape(name)}' "
+                               f"href='data:text/csv;base64,{data}' style='text-decoration:underline'>"
+                               f"⬇ {html.escape(name)}</a> <span style='color:#57606a'>"
+                               f"({len(run.epochs)} epochs)</span>")
+        self.download.layout.display = None
 
     def _selected_run(self):
         runs = self.trainer.runs
@@ -313,8 +385,11 @@ class Panel(W.VBox):
         return run.config if run is not None else self.trainer.defaults
 
     def _on_event(self, event: ev.Event) -> None:
+        self.clock.observe(event.run)
         if event.kind == ev.RUN_STARTED or (event.kind == ev.LOGGED and event.run.changes):
             self._show_config(event.run.config)
+        if event.kind == ev.RUN_STARTED and not self._real_frame:
+            self.plot.value = placeholder_png(self.size, self.scale, WAITING)
         self._wake.set()
 
     def _show_config(self, config: TrainConfig) -> None:
@@ -335,14 +410,24 @@ class Panel(W.VBox):
         paused = run is not None and run.status == "paused"
         self.buttons["pause"].description = "Resume" if paused else "Pause"
         self.buttons["pause"].icon = "play" if paused else "pause"
+        start = self.buttons["start"]
+        start.description = "Restart" if active else "Start"
+        start.icon = "redo" if active else "play"
 
     def _loop(self) -> None:
+        last = 0.0
         while not self._closed:
             running = self.trainer.running or self._plot_owed
             self._wake.wait(FRAME_SECONDS if running else IDLE_SECONDS)
+            # every event wakes the loop (an epoch end of a fast run: dozens a second); refresh at most
+            # every MIN_REFRESH_SECONDS while training, so the panel's share of the CPU stays small
+            pause = last + MIN_REFRESH_SECONDS - time.monotonic()
+            if running and pause > 0:
+                time.sleep(pause)
             self._wake.clear()
             if self._closed:
                 break
+            last = time.monotonic()
             try:
                 self.refresh()
             except Exception:  # a broken frame must not end the panel's updates
@@ -353,22 +438,29 @@ class Panel(W.VBox):
         trainer = self.trainer
         run = trainer.current
         with self.hold_sync():
-            done, total, text = S.progress(run)
+            self.clock.observe(run)
+            done, total, text = S.progress(run, self.clock)
             self.progress.max = max(total, 1)
             self.progress.value = done
             self.progress.bar_style = {"failed": "danger", "diverged": "danger", "finished": "success",
                                        "paused": "warning"}.get(getattr(run, "status", ""), "info")
-            self.progress_text.value = f"<span style='font-family:monospace'>{text}</span>"
+            # while a run is active the line is rewritten at every refresh (a beat), which keeps the
+            # "no word from the kernel" note hidden; a panel whose kernel is gone shows it
+            beat = f"<!-- {time.monotonic():.1f} -->" + S.stale_note() if run is not None and \
+                run.status in ("running", "paused") else ""
+            self.progress_text.value = f"<span style='font-family:monospace'>{html.escape(text)}</span>{beat}"
             self.status.value = S.status_html(run)
             self._set_controls_enabled()
             self._show_warnings(run)
-            self.runs_table.value = S.runs_table_html(trainer.runs, trainer.task)
+            self.runs_table.value = S.runs_table_html(trainer.runs, trainer.task, earlier=self.earlier)
             options = [(f"#{i + 1}", i) for i in range(len(trainer.runs))]
             if list(self.run_select.options) != options:
                 self.run_select.options = options
                 if options:
                     self.run_select.value = options[-1][1]
         self._update_plot()
+        if self._display_id is not None and not trainer.running and trainer.current is not None:
+            self.publish_static()
 
     def _show_warnings(self, run) -> None:
         warnings = list(run.warnings) if run is not None else []
@@ -386,33 +478,115 @@ class Panel(W.VBox):
                 row.layout.display = "none"
                 self._warning_fixes[i] = {}
 
+    def plot_runs(self) -> list:
+        """What the figure draws: this Trainer's runs, after this model's runs of earlier kernels when shown."""
+        earlier = list(self.earlier) if self.earlier and self.show_earlier.value else []
+        return earlier + list(self.trainer.runs)
+
     def _update_plot(self) -> None:
-        from . import figure, render
-        runs = list(self.trainer.runs)  # the whole list: the legend numbers runs by their place in it
-        signature = tuple((id(r), r.history.version, len(r.epochs), r.status) for r in runs[-4:])
-        if self._renderer is None:
-            self._renderer = render.get_renderer()
-        key = id(self)
-        if runs and signature != self._plot_signature:
+        from . import figure
+        runs = self.plot_runs()  # the whole list: the legend numbers runs by their place in it
+        signature = tuple((id(r), r.history.version, len(r.epochs), r.status) for r in runs[-4:]) \
+            + ((self.size, self.scale),)
+        key = self._key
+        if any(len(r.history) for r in runs) and signature != self._plot_signature:
             # every event wakes the loop (many per second in a fast run): draw at most every
             # FRAME_SECONDS, except at once when a run starts or ends
-            statuses = [s[0::3] for s in signature]
+            statuses = [s[0::3] for s in signature[:-1]]
             now = time.monotonic()
             if (now - self._plot_submitted >= FRAME_SECONDS or self._plot_signature is None
-                    or statuses != [s[0::3] for s in self._plot_signature]):
+                    or statuses != [s[0::3] for s in self._plot_signature[:-1]]
+                    or signature[-1] != self._plot_signature[-1]):
                 self._plot_signature = signature
                 self._plot_submitted = now
                 self._plot_owed = False
                 snap = figure.snapshot(runs, self.trainer.task)
                 # the frame is ready in ~0.1 s: wake the loop to show it then, not IDLE_SECONDS later
-                self._renderer.submit(key, snap, size=self.size, callback=lambda png: self._wake.set())
+                seq = self._renderer.submit(key, snap, size=self.size, scale=self.scale,
+                                            callback=self._show_frame)
+                self._last_seq = seq or self._last_seq
             else:
                 self._plot_owed = True
         png = self._renderer.poll(key)
-        if png and png is not self._shown_png:   # poll returns the newest frame again until a new one lands
+        if png:
+            self._show_frame(png)
+
+    def _show_frame(self, png: bytes) -> None:
+        """Put a drawn frame on the plot: at once, from the renderer's thread as it lands (setting a trait
+        is safe from any thread), or from the panel's loop (poll returns the newest frame again)."""
+        with self._frame_lock:
+            if png is self._shown_png or self._closed:
+                return
             self._shown_png = png
+            self._real_frame = True
             self.plot.value = png
             self._frames += 1
+
+    def _on_view(self, change) -> None:
+        """The page reported the width the plot is shown at, or the screen's pixel ratio: draw for it."""
+        width = int(getattr(self.helper, "width", 0) or 0)
+        if width <= 0:
+            return
+        width = min(max(width, WIDTH_RANGE[0]), WIDTH_RANGE[1])
+        scale = min(max(float(getattr(self.helper, "dpr", 1.0) or 1.0), 1.0), MAX_SCALE)
+        size, scale = (width, int(round(width * ASPECT))), round(scale * 4) / 4
+        if (size, scale) == (self.size, self.scale):
+            return
+        self.size, self.scale = size, scale
+        if not self._real_frame:
+            self.plot.value = placeholder_png(self.size, self.scale, WAITING if self.trainer.running else NO_RUN)
+        self._wake.set()
+
+    # -- the saved notebook -------------------------------------------------------------
+    def __repr__(self) -> str:
+        # the widget view's text/plain: what a saved notebook shows where the panel cannot be drawn
+        return "nb_trainer panel (live while its kernel runs; the saved result is shown below it)"
+
+    def _ipython_display_(self, **kwargs) -> None:
+        """Show the panel and, under a display id, its static rendering (updated when a run ends)."""
+        from IPython.display import display
+        from . import kernel, static
+        kernel.attach(self)
+        display(self._repr_mimebundle_(), raw=True)
+        first = self._display_id is None
+        self._display_id = self._display_id or f"nbt-static-{self._key}"
+        with self._static_lock:
+            png = self._shown_png if self._real_frame else None
+            static.publish(static.bundle(self.trainer, png, self.size[0], self._key, self.earlier),
+                           self._display_id, update=False)
+            self._static_sig = self._static_signature() if first or png else self._static_sig
+        self._wake.set()
+
+    def _static_signature(self) -> tuple:
+        return tuple((id(r), r.status, len(r.epochs), len(r.warnings)) for r in self.trainer.runs) \
+            + (len(self.earlier),)
+
+    def publish_static(self, wait: float = 10.0) -> bool:
+        """Bring the static rendering up to date with the runs (their final frame); False if nothing changed.
+
+        Does nothing until the panel has been displayed, or while a run trains.
+        """
+        if self._display_id is None or self.trainer.running or self._closed:
+            return False
+        from . import figure, static
+        with self._static_lock:
+            sig = self._static_signature()
+            if sig == self._static_sig:
+                return False
+            png = None
+            runs = self.plot_runs()
+            if any(len(r.history) for r in runs):
+                seq = self._renderer.submit(self._key, figure.snapshot(runs, self.trainer.task), size=self.size,
+                                            scale=self.scale, callback=self._show_frame)
+                seq = seq or self._last_seq
+                self._last_seq = seq
+                png = self._renderer.wait(self._key, seq, timeout=wait) if seq else None
+            png = png or (self._shown_png if self._real_frame else None)
+            static.publish(static.bundle(self.trainer, png, self.size[0], self._key, self.earlier),
+                           self._display_id, update=True)
+            self._static_sig = sig
+            self.static_updates += 1
+        return True
 
     @property
     def frames(self) -> int:
@@ -425,7 +599,7 @@ class Panel(W.VBox):
         try:
             self.trainer.events.unsubscribe(self._sub)
             if self._renderer is not None:
-                self._renderer.forget(id(self))
+                self._renderer.forget(self._key)
         finally:
             super().close()
 

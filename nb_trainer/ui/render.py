@@ -10,7 +10,7 @@ Usage (what the panel does)::
 
     from nb_trainer.ui import figure, render
     renderer = render.get_renderer()          # shared by every panel; starts the process
-    seq = renderer.submit(key, figure.snapshot(trainer.runs, trainer.task), size=(800, 480),
+    seq = renderer.submit(key, figure.snapshot(trainer.runs, trainer.task), size=(720, 440),
                           callback=lambda png: image.set_trait("value", png))
     png = renderer.poll(key)                  # newest finished frame for key, or None
     png = renderer.wait(key, seq, timeout=5)  # block until frame `seq` (or a newer one) is done
@@ -30,7 +30,14 @@ Behaviour:
   matplotlib at its top). It exits when its pipe to the kernel closes, when
   its parent process is gone (checked every second: also after SIGKILL), or
   on :meth:`Renderer.close`. It ignores SIGINT, so "interrupt kernel" (sent to
-  the kernel's process group) does not kill it.
+  the kernel's process group) does not kill it. It runs at a lower priority
+  (nice 5): where the cores are busy, training gets most of them.
+* The process takes about a second to start (spawn, matplotlib's import).
+  Frames asked for meanwhile are drawn in the kernel (within the in-process
+  budget below), so a panel shows its first real frame at once instead of
+  after the process is up; the first run of a fresh kernel is plotted live.
+* A panel's very first frame is also drawn in the kernel when the renderer has
+  not answered within :data:`FIRST_FRAME_PATIENCE` (a busy machine starves it).
 * A renderer process that dies is reaped and a new one started for the next
   frame (the frame that was lost is drawn again). If processes cannot be
   started, or die more than :data:`MAX_RESTARTS` times in a minute, frames are
@@ -56,7 +63,7 @@ from typing import Any, Callable, Hashable, Optional
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE = (800, 480)
+DEFAULT_SIZE = (720, 440)
 MAX_FIGURES = 8             # figures (panels) the renderer keeps; older ones are rebuilt when needed
 START_TIMEOUT = 60.0        # spawn + matplotlib import, on a loaded 2-core machine
 FRAME_TIMEOUT = 30.0        # a renderer silent this long on one frame is killed and restarted
@@ -66,12 +73,26 @@ INPROCESS_BUDGET = 0.03     # in-process drawing: at most this share of wall tim
 INPROCESS_BURST = 0.3       # after a burst of this many CPU seconds (the first, full draw) ...
 INPROCESS_MIN_INTERVAL = 0.25   # ... and at most 4 frames per second
 PARENT_CHECK_SECONDS = 1.0
+FIRST_FRAME_PATIENCE = 0.4  # a key's first frame is drawn in the kernel if the renderer takes longer
+RENDERER_NICE = 5           # the renderer process runs at a lower priority than the kernel
 
 
-def render_png(snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE) -> bytes:
+def render_png(snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE, scale: float = 1.0) -> bytes:
     """Draw ``snapshot`` in this process and return PNG bytes (a full draw: 0.1–0.3 s)."""
     from .figure import LiveFigure
-    return LiveFigure(size).render(snapshot)
+    return LiveFigure(size, scale).render(snapshot)
+
+
+def _figure_for(figures: "collections.OrderedDict", key, geometry):
+    """The cached figure of ``key`` at ``geometry`` (width, height, scale), made anew when it differs."""
+    from .figure import LiveFigure
+    fig = figures.pop(key, None)
+    if fig is None or (fig.size, fig.scale) != (tuple(geometry[:2]), geometry[2]):
+        fig = LiveFigure(geometry[:2], geometry[2])
+    figures[key] = fig
+    while len(figures) > MAX_FIGURES:
+        figures.popitem(last=False)
+    return fig
 
 
 # -- the renderer process -----------------------------------------------------------------------------
@@ -79,12 +100,18 @@ def render_png(snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE) -> bytes:
 def _child_main(conn, parent_pid: int) -> None:
     """Body of the renderer process: draw frames asked for on ``conn`` until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from .figure import LiveFigure
-    figures: "collections.OrderedDict[Hashable, LiveFigure]" = collections.OrderedDict()
+    try:
+        # on a busy machine the training process comes first: frames may come later, training never waits
+        os.nice(RENDERER_NICE)
+    except (AttributeError, OSError):
+        pass
+    from . import figure  # noqa: F401  (matplotlib's import, before saying ready)
+    figures: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
     try:
         conn.send(("ready", os.getpid()))
     except OSError:
         return
+    _warm_up()
     while True:
         try:
             if not conn.poll(PARENT_CHECK_SECONDS):
@@ -99,15 +126,10 @@ def _child_main(conn, parent_pid: int) -> None:
         if msg[0] == "forget":
             figures.pop(msg[1], None)
             continue
-        _, key, seq, size, snap = msg
+        _, key, seq, geometry, snap = msg
         t0 = time.perf_counter()
         try:
-            fig = figures.pop(key, None)
-            if fig is None or fig.size != tuple(size):
-                fig = LiveFigure(size)
-            figures[key] = fig
-            while len(figures) > MAX_FIGURES:
-                figures.popitem(last=False)
+            fig = _figure_for(figures, key, geometry)
             png = fig.render(snap)
             reply = ("frame", key, seq, png, (time.perf_counter() - t0) * 1e3, fig.full_draws)
         except Exception:
@@ -118,6 +140,25 @@ def _child_main(conn, parent_pid: int) -> None:
             conn.send(reply)
         except OSError:
             return
+
+
+def _warm_up() -> None:
+    """Draw one throwaway frame: a process's first draw (fonts, text layout, log-axis labels) costs
+    several times a later one, and the first run's first frame should not pay it."""
+    import numpy as np
+    from .figure import SNAPSHOT_VERSION, LiveFigure
+    x = np.arange(1, 41, dtype=np.float32)
+    line = (x, np.linspace(2.3, 0.3, 40, dtype=np.float32))
+    run = {"id": "warm-up", "number": 1, "label": "run 1", "status": "running", "current": True,
+           "version": 0, "x_total": 80.0, "loss": line, "grad_norm": (x, np.full(40, 1.5, np.float32)),
+           "lr": (x, np.full(40, 1e-3, np.float32)), "val_loss": (x[9::10], line[1][9::10]),
+           "metric": (x[9::10], np.linspace(0.5, 0.9, 4, dtype=np.float32))}
+    snap = {"version": SNAPSHOT_VERSION, "task": "classification", "metric": "val_accuracy",
+            "metric_label": "val accuracy", "stamp": None, "runs": [run]}
+    try:
+        LiveFigure(DEFAULT_SIZE).render(snap)
+    except Exception:  # only a warm-up: the real frames report their own errors
+        log.debug("renderer warm-up failed", exc_info=True)
 
 
 # -- the kernel side ----------------------------------------------------------------------------------
@@ -168,6 +209,8 @@ class Renderer:
         self._thread: Optional[threading.Thread] = None
         self._proc = None
         self._conn = None
+        self._ready = False                 # the process said "ready" (until then frames are drawn here)
+        self._start_deadline = 0.0
         self._started_once = False
         self._deaths: "collections.deque[float]" = collections.deque()
         self._figures: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
@@ -199,15 +242,18 @@ class Renderer:
         return self
 
     def submit(self, key: Hashable, snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE,
-               callback: Optional[Callable[[bytes], Any]] = None, force: bool = False) -> Optional[int]:
+               callback: Optional[Callable[[bytes], Any]] = None, force: bool = False,
+               scale: float = 1.0) -> Optional[int]:
         """Ask for a frame of ``snapshot`` for ``key``; returns its sequence number at once.
 
-        Returns None (and draws nothing) when ``snapshot["stamp"]`` and ``size``
+        ``size`` is the size the image is shown at (CSS pixels) and ``scale`` the
+        device pixels per CSS pixel (the PNG is ``size * scale``). Returns None
+        (and draws nothing) when ``snapshot["stamp"]``, ``size`` and ``scale``
         equal the last submission for ``key``, unless ``force``. ``callback``,
         if given, replaces the key's callback.
         """
-        from .figure import _check_size
-        size = _check_size(size)
+        from .figure import _check_size, check_scale
+        size = (*_check_size(size), check_scale(scale))
         if not isinstance(snapshot, dict) or "runs" not in snapshot:
             raise TypeError(f"snapshot: expected a dict from nb_trainer.ui.figure.snapshot(), "
                             f"got {type(snapshot).__name__}")
@@ -276,42 +322,55 @@ class Renderer:
     # -- the I/O thread -------------------------------------------------------------------------
     def _loop(self) -> None:
         if self.mode == "process":
-            self._ensure_child()          # start early: the first frame should not wait for it
+            self._spawn_child()          # start early: the first frame should not wait for it
         while True:
             with self._cond:
                 while not self._closed:
                     if self._forget:
                         break
-                    if self._pending and (self.mode == "process" or time.perf_counter() >= self._next_inprocess):
-                        break
                     if self._proc is not None and not self._proc.is_alive():
-                        break                  # died while idle: reap it now, not at the next frame
-                    wait = 1.0 if self.mode == "process" or not self._pending else \
-                        max(0.01, self._next_inprocess - time.perf_counter())
+                        break                  # died while idle (or while starting): reap it now
+                    if self.mode == "process" and self._proc is None:
+                        break                  # start one again (the last one died)
+                    starting = self.mode == "process" and not self._ready
+                    if starting and self._check_ready():
+                        starting = False
+                    if self._pending and (self._ready or time.perf_counter() >= self._next_inprocess):
+                        break
+                    if starting:
+                        wait = 0.05            # look for "ready" often: the first frames wait on it
+                    elif self.mode == "process" or not self._pending:
+                        wait = 1.0
+                    else:
+                        wait = max(0.01, self._next_inprocess - time.perf_counter())
                     self._cond.wait(wait)
                 if self._closed:
                     return
                 forget, self._forget = self._forget, []
+                in_child = self.mode == "process" and self._ready
                 item = self._pending.popitem(last=False) if self._pending and (
-                    self.mode == "process" or time.perf_counter() >= self._next_inprocess) else None
+                    in_child or time.perf_counter() >= self._next_inprocess) else None
             for key in forget:
                 self._figures.pop(key, None)
                 self._send_control(("forget", key))
             if self._proc is not None and not self._proc.is_alive():
                 self._child_died("it exited")
+            if self.mode == "process" and self._proc is None and not self._closed:
+                self._spawn_child()
             if item is None:
                 continue
             key, (seq, snap, size) = item
-            if self.mode == "inprocess":
+            if not in_child:
+                # the process is not up yet (or none can run): draw here, within the budget
                 self._draw_here(key, seq, snap, size)
             elif not self._draw_in_child(key, seq, snap, size):
-                self._requeue(key, (seq, snap, size))    # the process died (or none could start): again
+                self._requeue(key, (seq, snap, size))    # the process died: again, here or in the next one
 
     def _draw_in_child(self, key, seq, snap, size) -> bool:
         """Send one frame to the renderer process and wait for it; False if the process died."""
-        if not self._ensure_child():
-            return False
         conn, proc = self._conn, self._proc
+        if conn is None or proc is None:
+            return False
         try:
             conn.send(("render", key, seq, size, snap))
         except (pickle.PicklingError, TypeError, AttributeError) as e:
@@ -320,10 +379,17 @@ class Renderer:
         except OSError:
             self._child_died("the pipe broke")
             return False
-        deadline = time.monotonic() + FRAME_TIMEOUT
+        sent = time.monotonic()
+        deadline = sent + FRAME_TIMEOUT
+        first = key not in self._frames      # this key has never shown a frame (a new panel's first run)
         while True:
+            if first and time.monotonic() - sent > FIRST_FRAME_PATIENCE and time.perf_counter() >= self._next_inprocess:
+                # a busy machine starves the (lower-priority) renderer: the first frame is drawn here
+                # meanwhile, once, within the in-process budget; the renderer's copy replaces it
+                first = False
+                self._draw_here(key, seq, snap, size)
             try:
-                if conn.poll(0.25):
+                if conn.poll(0.05 if first else 0.25):
                     msg = conn.recv()
                     break
             except (EOFError, OSError):
@@ -352,17 +418,10 @@ class Renderer:
         return True
 
     def _draw_here(self, key, seq, snap, size) -> None:
-        from .figure import LiveFigure
         t0 = time.thread_time()
         w0 = time.perf_counter()
         try:
-            fig = self._figures.pop(key, None)
-            if fig is None or fig.size != tuple(size):
-                fig = LiveFigure(size)
-            self._figures[key] = fig
-            while len(self._figures) > MAX_FIGURES:
-                self._figures.popitem(last=False)
-            png = fig.render(snap)
+            png = _figure_for(self._figures, key, size).render(snap)
         except Exception:
             # same contract as the renderer process: the error is recorded, the panel keeps going
             self._finish(key, seq, None, error=traceback.format_exc())
@@ -407,14 +466,10 @@ class Renderer:
                 self._pending.move_to_end(key, last=False)
 
     # -- the process ----------------------------------------------------------------------------
-    def _ensure_child(self) -> bool:
-        """A live, ready renderer process; False (and mode "inprocess") if none can be had."""
-        if self._proc is not None and self._proc.is_alive():
-            return True
-        if self._proc is not None:
-            self._child_died("it exited")
-        if self.mode != "process":
-            return False
+    def _spawn_child(self) -> None:
+        """Start a renderer process; it says "ready" on its pipe about a second later (:meth:`_check_ready`)."""
+        if self._proc is not None or self.mode != "process" or self._closed:
+            return
         ctx = multiprocessing.get_context("spawn")
         try:
             parent_conn, child_conn = ctx.Pipe(duplex=True)
@@ -424,31 +479,37 @@ class Renderer:
         except (OSError, RuntimeError, AssertionError, ValueError, ImportError) as e:
             # e.g. no usable interpreter to spawn, or this process is itself a daemon child
             self._fall_back(f"the renderer process could not be started ({type(e).__name__}: {e})")
-            return False
+            return
         child_conn.close()        # only the child holds its end: its exit is our EOF, and ours its EOF
         if self._started_once:
             self.restarts += 1
         self._started_once = True
-        self._proc, self._conn = proc, parent_conn
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._closed:
-            try:
-                if parent_conn.poll(0.25):
-                    msg = parent_conn.recv()
-                    if msg[0] == "ready":
-                        return True
-            except (EOFError, OSError):
-                break
-            if not proc.is_alive() or time.monotonic() > deadline:
-                break
-        if self._closed:
+        self._proc, self._conn, self._ready = proc, parent_conn, False
+        self._start_deadline = time.monotonic() + START_TIMEOUT
+
+    def _check_ready(self) -> bool:
+        """Has the starting process said "ready"? Never blocks; reaps one that died or took too long."""
+        conn, proc = self._conn, self._proc
+        if self._ready or conn is None or proc is None:
+            return self._ready
+        try:
+            while conn.poll(0):
+                if conn.recv()[0] == "ready":
+                    self._ready = True
+                    return True
+        except (EOFError, OSError):
+            self._child_died("it did not start")
             return False
-        self._child_died("it did not start")
-        return self.mode == "process" and self._ensure_child()
+        if not proc.is_alive():
+            self._child_died("it did not start")
+        elif time.monotonic() > self._start_deadline:
+            self._child_died(f"it did not start within {START_TIMEOUT:.0f} s")
+        return False
 
     def _child_died(self, why: str) -> None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        self._ready = False
         if conn is not None:
             conn.close()
         if proc is not None:
@@ -480,6 +541,7 @@ class Renderer:
     def _stop_child(self, timeout: float) -> None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        self._ready = False
         if conn is not None:
             try:
                 conn.send(None)
