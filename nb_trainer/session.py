@@ -151,12 +151,13 @@ class Trainer:
         base = self.current.config if self.current is not None else self.defaults
         return TrainConfig.from_dict(changes, base=base)
 
-    def start(self, config: Optional[TrainConfig] = None, **changes: Any) -> Run:
+    def start(self, config: Optional[TrainConfig] = None, *, note: Optional[str] = None, **changes: Any) -> Run:
         """Start a new run from the initial weights; returns at once.
 
         ``changes`` are ``TrainConfig`` fields applied over the previous run's
         config (or the Trainer's defaults). A running run is stopped first.
         Bad values raise ``ValueError`` here, before anything stops.
+        ``note``: what the run is for (default: what changed since the previous run).
         """
         if config is None:
             config = self.config(**changes)
@@ -167,7 +168,8 @@ class Trainer:
             self.stop()
             self.wait()
             previous = self.current
-            note = "first run" if previous is None else describe_change(previous.config, config)
+            if note is None:
+                note = "first run" if previous is None else describe_change(previous.config, config)
             run = Run(config, task=self.task, parent=previous, note=note)
             control = RunControl()
             callbacks = list(self.callbacks)
@@ -278,6 +280,13 @@ class Trainer:
         if timer is not None and timer is not threading.current_thread():
             timer.cancel()
             self._debounce = None
+
+    def auto_fix(self, max_runs: int = 5, **config: Any) -> list:
+        """Train with ``config``, apply the best-supported health fix, retrain from the same initial
+        weights, until no warning offers a fix or there are ``max_runs`` runs. Blocks; returns the
+        runs, oldest first, each with a ``note`` saying what it changed and why."""
+        from .health.autofix import auto_fix
+        return auto_fix(self, max_runs=max_runs, **config)
 
     # -- weights ----------------------------------------------------------------
     def reset(self) -> None:

@@ -205,11 +205,11 @@ def dead_relu(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     first = (probes[0].get("dead_relu") or {}).get(name, {})
     from_start = first.get("dead_units", 0.0) >= DEAD_FRACTION and probes[0].get("step", 0) <= 1
     first_ratio = median(list((probes[0].get("update_ratio") or {}).values()))
-    seen = (f"{d['dead_units']:.0%} of the {d['units']} units of ReLU layer '{name}' output 0 for every probe "
+    seen = (f"{d['dead_units']:.0%} of the {d['units']} units of {ctx.label(name)} output 0 for every probe "
             f"example at epoch {probes[-1].get('epoch')}")
     others = [k for k in now if k != name]
     if others:
-        seen += f" (also layer{'s' if len(others) > 1 else ''} {', '.join(repr(k) for k in others)})"
+        seen += f" (also {', '.join(ctx.label(k) for k in others)})"
     if from_start and not (first_ratio > 0.1):
         return HealthWarning(
             code="dead_relu", severity="warning",
@@ -234,7 +234,7 @@ def _dead_from_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     if found is None or not _stalled(s, baseline=ctx.baseline):
         return None
     zeros, w, last = found
-    first = f"'{ctx.first_layer}'" if ctx.first_layer else "the first weight matrix"
+    first = ctx.label(ctx.first_layer) if ctx.first_layer else "the first weight matrix"
     return HealthWarning(
         code="dead_relu", severity="warning",
         message=(f"{first} got a gradient of exactly 0 on {zeros} of the last {w} steps (last layer: {fmt(last)}) at "

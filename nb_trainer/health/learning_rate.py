@@ -24,6 +24,9 @@ from .warning import HealthWarning
 #   8 (the mean weighs every batch, so it decides once there is one).
 EARLY_RISE = 1.5
 EARLY_STEPS = 8
+# ... and when that first epoch (or early median) is HUGE_RISE x the start, the fix lowers the lr
+# 100x instead of 10x (see lr_too_high)
+HUGE_RISE = 1e3
 # - blow-up: two or more steps with a loss 10x the larger of the initial loss
 #   and the trivial baseline. No healthy batch is 10x worse than guessing.
 BLOWUP = 10.0
@@ -62,6 +65,9 @@ LOW_MOVED = 0.05
 # higher target for SGD).
 TARGET_RATIO = 4e-3
 TARGET_RATIO_SGD = 3e-2
+# Slow progress (a run that learns, too slowly to get anywhere in its epochs): an update ratio below
+# the smallest a healthy run measured, and the loss still near the baseline (see slow_progress).
+SLOW_RATIO = 1e-3
 # Oscillation: in the last 12 epochs, at least 2 rises and 2 falls of half
 # the series' level and of a fifth of the baseline (loss), or of 0.2
 # (accuracy, R²), the big moves alternating 3 times. Epoch-to-epoch val-loss
@@ -74,6 +80,7 @@ OSC_LOSS_SWING = 0.5
 OSC_LOSS_FLOOR = 0.2
 OSC_METRIC_SWING = 0.20
 OSC_MIN_MOVES = 2
+OSC_BALANCE = 0.3
 # ... or spikes: a loss that keeps jumping far above its own level and back, which
 # the swing test misses once the level is low (the floor above is a fifth of the
 # baseline). A spike: an epoch (after the first) at 3x the median of the epochs
@@ -142,11 +149,18 @@ def lr_too_high(s: Signals, ctx: Context) -> Optional[HealthWarning]:
                     f"{fmt(ref)} of a constant prediction")
     if seen is None:
         return None
-    lr = round_lr(ctx.lr / 10)
+    # how far the loss went says how far the lr is from a stable one: a first epoch 1e3x (or more)
+    # above the start took a step 100x too large (Adam at lr 1 on digits: 2.3 -> 5e3, fine at 0.01
+    # and still rising at 0.1; RMSprop at 0.3 on friedman: 1.1 -> 3e9, fine at 0.003 and rising at 0.03)
+    peak = first_epoch if first_epoch is not None and math.isfinite(first_epoch) else early
+    peak = peak if math.isfinite(peak) else 0.0
+    factor = 100.0 if peak >= HUGE_RISE * start else 10.0
+    lr = round_lr(ctx.lr / factor)
     return HealthWarning(
         code="lr_too_high", severity="warning",
         message=f"{seen} (lr {fmt(ctx.lr)}, {ctx.optimizer}): the steps overshoot",
-        suggestion=f"lower the learning rate to {fmt(lr)}",
+        suggestion=f"lower the learning rate to {fmt(lr)}" + (
+            f" (÷ 100: a loss {fmt(peak / start)}x its start is far beyond what ÷ 10 settles)" if factor > 10 else ""),
         fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
 
 
@@ -183,9 +197,7 @@ def lr_too_low(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     r = update_ratio(s)  # after the cheap loss checks: it reads every probe
     if r is None or r >= LOW_RATIO:
         return None
-    plain = ctx.optimizer in ("sgd", "momentum")
-    factor = min(1e4, max(10.0, (TARGET_RATIO_SGD if plain else TARGET_RATIO) / max(r, 1e-12)))
-    lr = float(f"{min(ctx.lr * factor, 1.0 if plain else 1e-2):.1g}")
+    lr = _raised_lr(ctx, r, 10.0, 1e4)
     if lr <= ctx.lr:
         return None
     return HealthWarning(
@@ -197,10 +209,67 @@ def lr_too_low(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
 
 
+def _raised_lr(ctx: Context, ratio: float, low: float, high: float) -> float:
+    """The lr that brings the update ratio to a healthy run's, the factor kept in [low, high] (at
+    most 1.0 for SGD, 0.01 for adaptive optimizers)."""
+    plain = ctx.optimizer in ("sgd", "momentum")
+    factor = min(high, max(low, (TARGET_RATIO_SGD if plain else TARGET_RATIO) / max(ratio, 1e-12)))
+    return float(f"{min(ctx.lr * factor, 1.0 if plain else 1e-2):.1g}")
+
+
+def slow_progress(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """At the end of a run: the loss still near a constant prediction's, but the run is learning
+    (the val metric still rising, or the val loss falling at every epoch of the last third) and the
+    weights move less than a healthy run's: the steps are too small for the epochs given.
+
+    What underfitting would call "stopped falling" (SGD at lr 1e-3 on digits: the val loss 2.308 ->
+    2.295 in 15 epochs while the val accuracy climbs 0.10 -> 0.18) is a run that needs a larger lr."""
+    from .fit import UNDERFIT_LEVEL, metric_rise
+    base = ctx.baseline
+    n = len(s.epochs)
+    if not base or base <= 0 or n < 5:
+        return None
+    tr = [e.get("train_loss") for e in s.epochs]
+    va = [e.get("val_loss") for e in s.epochs]
+    if any(v is None or not math.isfinite(v) for v in tr + va):
+        return None
+    if min(tr[-2:]) < UNDERFIT_LEVEL * base or min(va[-2:]) < UNDERFIT_LEVEL * base:
+        return None  # already learnt something: slow is fine
+    third = max(2, n // 3)
+    rise = metric_rise(s, ctx, third)
+    falling = all(b < a for a, b in zip(va[-third - 1:], va[-third:]))
+    if rise is None and not falling:
+        return None
+    r = update_ratio(s)
+    if r is None or r >= SLOW_RATIO:
+        return None  # the weights move as much as a healthy run's: the problem is hard, not the step small
+    lr = _raised_lr(ctx, r, 3.0, 100.0)
+    if lr <= ctx.lr:
+        return None
+    from .fit import _metric_name
+    trend = (f"the {_metric_name(ctx)} still rising ({fmt(rise[0])} → {fmt(rise[1])} between the last two "
+             f"stretches of {third} epochs)" if rise else f"the val loss still falling at every one of the last "
+             f"{third} epochs ({fmt(va[-third - 1])} → {fmt(va[-1])})")
+    return HealthWarning(
+        code="lr_too_low", severity="warning",
+        message=(f"after {n} epochs the loss is {fmt(min(va[-2:]))}, {min(va[-2:]) / base:.0%} of a constant "
+                 f"prediction's {fmt(base)}, with {trend}: it is learning, slowly; each step changes the weights by "
+                 f"{fmt(r)} of their size (healthy runs move 1e-3 to 1e-1) (lr {fmt(ctx.lr)}, {ctx.optimizer})"),
+        suggestion=f"raise the learning rate to {fmt(lr)} (or train for more epochs)",
+        fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
+
+
 def _swings(x: list, threshold: float) -> tuple[int, int, int]:
-    """(big rises, big falls, alternations between consecutive big moves) of a series."""
+    """(big rises, big falls, alternations between consecutive big moves) of a series.
+
+    A series that mostly goes one way is a trend with noise, not a swing: the big moves against
+    the trend must add up to at least OSC_BALANCE of those with it (val R² -83, -22, -14, -16.5,
+    -11.5, -13.7, -6.5, -5 is a run recovering from a bad start: +83 up against 4.7 down)."""
     big = [b - a for a, b in zip(x, x[1:]) if abs(b - a) >= threshold]
     ups = sum(1 for d in big if d > 0)
+    up_sum, down_sum = sum(d for d in big if d > 0), -sum(d for d in big if d < 0)
+    if min(up_sum, down_sum) < OSC_BALANCE * max(up_sum, down_sum):
+        return 0, 0, 0
     flips = sum(1 for a, b in zip(big, big[1:]) if (a > 0) != (b > 0))
     return ups, len(big) - ups, flips
 
@@ -221,6 +290,8 @@ def loss_oscillation(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         level = median(x)
         if is_loss and not level > 0:
             continue
+        if not is_loss and level < 0:
+            continue  # R² below 0: worse than the mean, where swings of 0.2 are noise; the loss says it
         floor = OSC_LOSS_FLOOR * ctx.baseline if ctx.baseline and ctx.baseline > 0 else 0.0
         threshold = max(OSC_LOSS_SWING * level, floor) if is_loss else OSC_METRIC_SWING
         ups, downs, flips = _swings(x, threshold)

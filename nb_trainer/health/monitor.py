@@ -30,6 +30,7 @@ from typing import Callable, Optional
 from . import fit, gradients, learning_rate
 from ..callbacks.base import Callback
 from .baseline import trivial_loss
+from .layers import module_labels
 from .signals import Context, Signals
 from .warning import HealthWarning
 
@@ -82,8 +83,20 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
             f": {cause.suggestion}" if cause is not None else "")
         w.fix = dict(cause.fix) if cause is not None else {}
     found += plateau
+    if phase == "final" and not causes:  # a run that learns too slowly to get anywhere: its lr
+        _run(lambda: learning_rate.slow_progress(s, ctx), found, guard)
+        if found and found[-1].code == "lr_too_low":
+            causes = ["lr_too_low"]
+            for w in plateau:  # the flat loss was this slowness
+                w.suggestion = f"the likely cause is lr too low: {found[-1].suggestion}"
+                w.fix = dict(found[-1].fix)
     if not causes:  # underfitting is the symptom of a cause when there is one
         _run(lambda: fit.underfitting(s, ctx, final=phase == "final"), found, guard)
+        under = next((w for w in found if w.code == "underfitting"), None)
+        if under is not None and under.fix:
+            for w in plateau:  # both are the regularisation's doing: one fix
+                w.suggestion = f"the likely cause is the regularisation: {under.suggestion}"
+                w.fix = dict(under.fix)
     return found
 
 
@@ -132,6 +145,7 @@ class HealthMonitor(Callback):
         self._first = self._last = None
         self._next_eval = 0.0
         self._config = None
+        self._labels: dict = {}
         self.errors: list = []  # exceptions raised by rules (logged too); the run goes on
 
     # -- engine callbacks ---------------------------------------------------------
@@ -144,6 +158,7 @@ class HealthMonitor(Callback):
         self._baseline = self._trivial_loss(engine)
         self._names = list(engine.param_names)
         self._has_dropout = bool(engine.dropout_p) or _has_dropout(engine)
+        self._labels = module_labels(engine.model)
         self._update_ctx(run)
         self._next_eval = time.perf_counter() + EVAL_SECONDS
 
@@ -207,7 +222,7 @@ class HealthMonitor(Callback):
             run.config, task=getattr(self.task, "task", str(self.task)), loss_name=self.loss_name,
             baseline=self._baseline, steps_per_epoch=run.steps_per_epoch, has_dropout=self._has_dropout,
             first_layer=self._names[self._first] if self._first is not None else "",
-            last_layer=self._names[self._last] if self._last is not None else "")
+            last_layer=self._names[self._last] if self._last is not None else "", labels=self._labels)
 
     def _evaluate(self, run, engine, phase: str, diverged: bool = False, step_rules: bool = True) -> None:
         self._update_ctx(run)
