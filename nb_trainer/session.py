@@ -20,7 +20,7 @@ from .config import FIELDS, TrainConfig, check_names, describe_change
 from .callbacks import Callback
 from .data import TaskInfo, make_source
 from .engine import VAL_BATCH, Engine, RunControl
-from .health.data_checks import merge_splits, preflight
+from .health.data_checks import check_outputs, merge_splits, preflight
 from .optim import dropout_defaults
 from .run import Run
 from .step import evaluate as evaluate_batches
@@ -104,6 +104,7 @@ class Trainer:
         if val_sample is not None:
             self.data_warnings += preflight("val", inputs_of(self.step, val_sample),
                                             targets_of(self.step, val_sample), self.task_info, self.loss_name)
+        self.data_warnings += check_outputs(wiring.output, self.task_info, self.loss_name, self.loss_from, model)
         self.data_warnings = merge_splits(self.data_warnings)  # a run keeps one warning per code
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._dropout_p = dropout_defaults(model)

@@ -264,7 +264,12 @@ def _scenario_run(heldout, name, seed):
     sc = next(s for s in heldout.SCENARIOS if s.name == name)
     heldout.SEED = seed
     model, data, val, config = sc.build()
-    _, run = train(model, data, val, **dict(config, seed=seed))
+    config = dict(config)
+    loss = config.pop("loss", None)
+    t = nbt.Trainer(model, data, val, store=None, loss=loss)
+    run = t.start(**dict(config, seed=seed))
+    t.wait(timeout=120)
+    assert run.done, "the run did not end"
     return sc, run
 
 

@@ -73,10 +73,10 @@ def test_regularisation_underfitting_takes_the_plateau_in():
 
 # -- rule 2: the data explains what training shows ------------------------------------------------
 
-def test_unscaled_inputs_explain_exploding_gradients_and_offer_no_lr_fix():
-    vs = V.build([w("unscaled_inputs", {}), w("exploding_gradients", {"lr": 0.001, "grad_clip": 1.0})], cfg(lr=0.01))
-    assert len(vs) == 1 and vs[0].cause == "unscaled_inputs"
-    assert vs[0].codes == ["unscaled_inputs", "exploding_gradients"] and vs[0].fix == {}
+def test_unscaled_data_explain_exploding_gradients_and_offer_no_lr_fix():
+    vs = V.build([w("unscaled_data", {}), w("exploding_gradients", {"lr": 0.001, "grad_clip": 1.0})], cfg(lr=0.01))
+    assert len(vs) == 1 and vs[0].cause == "unscaled_data"
+    assert vs[0].codes == ["unscaled_data", "exploding_gradients"] and vs[0].fix == {}
 
 
 def test_probabilities_into_the_loss_explain_a_plateau():
@@ -131,7 +131,23 @@ def test_an_lr_cut_that_overshot_is_halved_back_not_repeated():
     second = run(cfg(lr=0.1), w("lr_too_low", {"lr": 1.0}), parent=first)
     (v,) = V.verdicts(second)
     assert v.cause == "step_too_small" and v.fix == {"lr": pytest.approx(0.32)}
-    assert "halfway" in v.reason
+    assert "between" in v.reason
+
+
+def test_an_lr_fix_stays_inside_what_the_runs_so_far_bracket():
+    """1e-3 diverged, 1e-4 and 3.2e-4 barely moved: the next try is between 3.2e-4 and 1e-3, not lr 1."""
+    a = run(cfg(optimizer="sgd", lr=1e-3), w("nan_loss", {"lr": 1e-4, "grad_clip": 1.0}, severity="error"))
+    b = run(cfg(optimizer="sgd", lr=1e-4, grad_clip=1.0), w("lr_too_low", {"lr": 3e-3}), parent=a)
+    c = run(cfg(optimizer="sgd", lr=3.2e-4, grad_clip=1.0), w("lr_too_low", {"lr": 1.0}), parent=b)
+    (v,) = V.verdicts(c)
+    assert 3.2e-4 < v.fix["lr"] < 1e-3
+
+
+def test_no_lr_is_offered_when_the_bracket_has_closed():
+    a = run(cfg(lr=1e-3), w("lr_too_high", {"lr": 1e-4}))
+    b = run(cfg(lr=6e-4), w("lr_too_low", {"lr": 1e-2}), parent=a)
+    (v,) = V.verdicts(b)
+    assert v.fix == {} and "no lr" in v.reason
 
 
 def test_an_lr_cut_that_did_not_cure_escalates_and_says_so():

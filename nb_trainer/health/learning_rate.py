@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..tasks import main_metric
 from .signals import (Context, Signals, arr, early_level, fmt, improvement, latest_epoch, latest_step, median,
                       recent_level, round_lr, train_losses)
 from .warning import HealthWarning
@@ -59,6 +60,9 @@ MIN_RISE = 0.1
 # whose epoch means were 1.005 and 1.003), which is more than the 5%.
 LOW_RATIO = 1e-4
 LOW_MOVED = 0.05
+# The raise is at most this factor: SGD at lr 1e-6 on a CNN needs x1e5 to reach a healthy ratio (x1e4
+# still moved it too little); the caps below (1.0 for SGD, 0.01 adaptive) keep it from overshooting.
+LOW_MAX_FACTOR = 1e5
 # The suggested lr scales the step to the update ratio of healthy runs
 # (medians measured over 180 healthy MLP runs: Adam/AdamW/RMSprop 2e-3..1e-2,
 # SGD 3e-3..9e-2; a step's ratio grows more slowly than the lr, hence the
@@ -91,6 +95,17 @@ OSC_BALANCE = 0.3
 # 0.15-0.85 three or four times (R² 0.98 -> 0.46), 3.3-26x the level. Healthy runs
 # (360 measured, Adam/RMSprop/SGD, small val sets) reach at most one such spike
 # (an Adam bump) and otherwise 2.3x.
+# Under-damped heavy ball (see heavy_ball_ringing): SGD momentum 0.99 on a full batch rings with a
+# period of ~8 epochs for the whole run (val R² 0.83 -> 0.43 -> 0.91 -> 0.58 -> 0.89 ...), each epoch
+# moving it less than the swing test's threshold; at momentum 0.9 the same run rings twice early and
+# settles (healthy momentum runs measured at most 2 such cycles).
+RING_MOMENTUM = 0.9
+RING_MIN_EPOCHS = 20
+RING_WINDOW = 100
+RING_CYCLES = 3
+RING_METRIC = 0.10
+RING_LOSS_FLOOR = 0.10
+RING_LEG_EPOCHS = 2
 SPIKE_FACTOR = 3.0
 SPIKE_JUMP = 2.0
 SPIKE_ABS = 0.1
@@ -129,6 +144,7 @@ def lr_too_high(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         if int(big.sum()) >= 2:
             seen = (f"{int(big.sum())} steps had a loss above {fmt(BLOWUP * max(l0, ref))} (peak {fmt(loss.max())}), "
                     f"against {fmt(l0)} at the first step")
+    climbed = False
     if seen is None:
         # any two epochs in a row at 2x the best before them (the whole run: a rise that later
         # calms down was still a rise, whenever the rules happen to look)
@@ -139,6 +155,7 @@ def lr_too_high(s: Signals, ctx: Context) -> Optional[HealthWarning]:
             if best > 0 and low >= RISE_EPOCHS * best and low - best >= RISE_EPOCHS_ABS * ref:
                 seen = (f"the train loss climbed from its best {fmt(best)} to {fmt(tl[i])} and {fmt(tl[i + 1])} "
                         f"at epochs {i + 1}-{i + 2}")
+                climbed = True
                 break
             best = min(best, tl[i])
         later = tl[1:]
@@ -149,6 +166,14 @@ def lr_too_high(s: Signals, ctx: Context) -> Optional[HealthWarning]:
                     f"{fmt(ref)} of a constant prediction")
     if seen is None:
         return None
+    if climbed:
+        ring = heavy_ball_ringing(s, ctx)
+        if ring is not None:  # the climb is one of the heavy ball's swings: damp it, the lr is not the fault
+            return HealthWarning(
+                code="lr_too_high", severity="warning",
+                message=f"{seen} (lr {fmt(ctx.lr)}, {ctx.optimizer} {fmt(ctx.momentum)}): one of the swings of an "
+                        f"under-damped heavy ball (see loss_oscillation)",
+                suggestion=ring.suggestion, fix=dict(ring.fix), step=latest_step(s), epoch=latest_epoch(s))
     # how far the loss went says how far the lr is from a stable one: a first epoch 1e3x (or more)
     # above the start took a step 100x too large (Adam at lr 1 on digits: 2.3 -> 5e3, fine at 0.01
     # and still rising at 0.1; RMSprop at 0.3 on friedman: 1.1 -> 3e9, fine at 0.003 and rising at 0.03)
@@ -197,7 +222,7 @@ def lr_too_low(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     r = update_ratio(s)  # after the cheap loss checks: it reads every probe
     if r is None or r >= LOW_RATIO:
         return None
-    lr = _raised_lr(ctx, r, 10.0, 1e4)
+    lr = _raised_lr(ctx, r, 10.0, LOW_MAX_FACTOR)
     if lr <= ctx.lr:
         return None
     return HealthWarning(
@@ -290,14 +315,84 @@ def loss_oscillation(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         level = median(x)
         if is_loss and not level > 0:
             continue
-        if not is_loss and level < 0:
-            continue  # R² below 0: worse than the mean, where swings of 0.2 are noise; the loss says it
+        if not is_loss and level < -1:
+            continue  # R² far below 0 (an MSE twice the variance and more): swings of 0.2 say nothing there
         floor = OSC_LOSS_FLOOR * ctx.baseline if ctx.baseline and ctx.baseline > 0 else 0.0
         threshold = max(OSC_LOSS_SWING * level, floor) if is_loss else OSC_METRIC_SWING
         ups, downs, flips = _swings(x, threshold)
         if ups >= OSC_MIN_MOVES and downs >= OSC_MIN_MOVES and flips >= 3:
             return _oscillation(label, x, ups, downs, threshold, is_loss, s, ctx)
-    return _spiking(s, ctx) if ctx.baseline and ctx.baseline > 0 else None
+    spiking = _spiking(s, ctx) if ctx.baseline and ctx.baseline > 0 else None
+    return spiking if spiking is not None else heavy_ball_ringing(s, ctx)
+
+
+def zigzag(x: list, threshold: float) -> list:
+    """The legs of a series between its turning points, each a move of ``threshold`` or more:
+    ``[(start index, end index, change)]``, alternating up and down. Moves smaller than the
+    threshold are noise inside a leg."""
+    legs: list = []
+    pivot, ext, trend = 0, 0, 0
+    for i in range(1, len(x)):
+        if trend == 0:
+            if abs(x[i] - x[pivot]) >= threshold:
+                trend, ext = (1 if x[i] > x[pivot] else -1), i
+            elif (x[i] < x[pivot]) == (x[i] < x[ext]):
+                ext = i  # the start's extreme, before the first leg
+        elif (x[i] - x[ext]) * trend > 0:
+            ext = i
+        elif abs(x[ext] - x[i]) >= threshold:
+            legs.append((pivot, ext, x[ext] - x[pivot]))
+            pivot, ext, trend = ext, i, -trend
+    if trend and abs(x[ext] - x[pivot]) >= threshold:
+        legs.append((pivot, ext, x[ext] - x[pivot]))
+    return legs
+
+
+def heavy_ball_ringing(s: Signals, ctx: Context) -> Optional[HealthWarning]:
+    """SGD with heavy momentum, under-damped: the val loss (or metric) rises and falls every few epochs,
+    cycle after cycle. Each epoch moves it a little, so the epoch-to-epoch swing test misses it; the
+    turning points show it: RING_CYCLES legs up and as many down, each RING_METRIC of accuracy/R² (or
+    half the loss's level and RING_LOSS_FLOOR of the baseline), lasting RING_LEG_EPOCHS or more on
+    average (a slow swing, not epoch-to-epoch noise), over the last RING_WINDOW epochs."""
+    if ctx.optimizer != "momentum" or ctx.momentum < RING_MOMENTUM or len(s.epochs) < RING_MIN_EPOCHS:
+        return None
+    recent = s.epochs[-RING_WINDOW:]
+    key = main_metric(ctx.task)[0]
+    base = ctx.baseline if ctx.baseline and ctx.baseline > 0 else None
+    for label, k, is_loss in (("val loss", "val_loss", True), (key.replace("_", " ").replace("r2", "R²"), key, False)):
+        x = [e.get(k) for e in recent]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in x):
+            continue
+        if is_loss:
+            level = median(x)
+            if not level > 0 or base is None:
+                continue
+            threshold = max(OSC_LOSS_SWING * level, RING_LOSS_FLOOR * base)
+        else:
+            threshold = RING_METRIC
+        legs = zigzag(x, threshold)
+        ups = [g for g in legs if g[2] > 0]
+        downs = [g for g in legs if g[2] < 0]
+        if len(ups) < RING_CYCLES or len(downs) < RING_CYCLES:
+            continue
+        up_sum, down_sum = sum(g[2] for g in ups), -sum(g[2] for g in downs)
+        if min(up_sum, down_sum) < OSC_BALANCE * max(up_sum, down_sum):
+            continue
+        span = median([g[1] - g[0] for g in legs])
+        if span < RING_LEG_EPOCHS:
+            continue
+        fix = {"momentum": 0.9 if ctx.momentum > 0.9 else 0.5}
+        first = recent[0]["epoch"]
+        turns = ", ".join(f"{fmt(x[g[1]])} at epoch {first + g[1]}" for g in legs[-6:])
+        return HealthWarning(
+            code="loss_oscillation", severity="warning",
+            message=(f"the {label} rose and fell {min(len(ups), len(downs))} times over the last {len(x)} epochs, "
+                     f"a cycle every {fmt(2 * span)} epochs or so (turning points: {turns}): SGD with momentum "
+                     f"{fmt(ctx.momentum)} is under-damped, the heavy ball swings through the valley and back"),
+            suggestion=(f"lower the momentum to {fix['momentum']} (it damps the swing; a lower lr only slows it "
+                        f"down)"),
+            fix=fix, step=latest_step(s), epoch=latest_epoch(s))
+    return None
 
 
 def _spikes(x: list, baseline: float) -> list:

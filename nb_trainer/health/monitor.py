@@ -27,6 +27,7 @@ import time
 import weakref
 from typing import Callable, Optional
 
+from .. import events as ev
 from . import fit, gradients, learning_rate
 from ..callbacks.base import Callback
 from .baseline import trivial_loss
@@ -69,6 +70,8 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
         _run(check, found, guard)
     if phase == "step":
         return found
+    if diverged and isinstance(raised, dict) and raised.get("nan_loss") is not None:
+        _run(lambda: _nan_before_any_update(raised["nan_loss"]), found, guard)
     codes = set(raised) | {w.code for w in found}
     causes = [c for c in CAUSES if c in codes]
     # a plateau is what the user sees, whatever its cause: raised with the cause's fix when a
@@ -83,6 +86,11 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
             f": {cause.suggestion}" if cause is not None else "")
         w.fix = dict(cause.fix) if cause is not None else {}
     found += plateau
+    if phase == "final" and not plateau and isinstance(raised, dict) and "loss_plateau" in raised:
+        _run(lambda: fit.plateau_lifted(s, ctx, raised["loss_plateau"]), found, guard)
+    if phase == "final" and isinstance(raised, dict) and raised.get("overfitting") is not None \
+            and raised["overfitting"].severity != "info" and (codes & STEP_FAULTS):
+        _run(lambda: _overfitting_was_the_steps(raised["overfitting"], sorted(codes & STEP_FAULTS)), found, guard)
     if phase == "final" and not causes:  # a run that learns too slowly to get anywhere: its lr
         _run(lambda: learning_rate.slow_progress(s, ctx), found, guard)
         if found and found[-1].code == "lr_too_low":
@@ -98,6 +106,34 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
                 w.suggestion = f"the likely cause is the regularisation: {under.suggestion}"
                 w.fix = dict(under.fix)
     return found
+
+
+STEP_FAULTS = {"lr_too_high", "loss_oscillation", "exploding_gradients", "nan_loss"}
+
+
+def _overfitting_was_the_steps(w: HealthWarning, faults: list) -> HealthWarning:
+    """Overfitting raised before the run showed that its step size is at fault: the val loss's rise was the
+    steps' doing (see _overfitting), so the warning becomes a note without a fix."""
+    return HealthWarning(
+        code="overfitting", severity="info",
+        message=w.message + f" — later the run showed {', '.join(faults)}: the gap came from the steps, not from "
+                            "memorising",
+        suggestion="fix the step size first (see " + ", ".join(faults) + ")", fix={}, step=w.step, epoch=w.epoch)
+
+
+def _nan_before_any_update(w: HealthWarning) -> Optional[HealthWarning]:
+    """A loss that is already non-finite at the first step came from the initial weights and the first
+    batch: no learning rate made it, and none can cure it (a model taking sqrt of a linear output)."""
+    if w.step != 1 or not w.fix:
+        return None
+    return HealthWarning(
+        code="nan_loss", severity="error",
+        message=w.message + "; that was the first step, before any update: the model or the data make it, "
+                            "not the step size",
+        suggestion=("check the model's forward for operations that give NaN or Inf on valid inputs (sqrt or log of "
+                    "a value that can be negative or zero, a division by zero, exp of large values) and the data; "
+                    "a lower learning rate cannot help"),
+        fix={}, step=w.step, epoch=w.epoch)
 
 
 def _ended(run) -> str:
@@ -129,7 +165,7 @@ def _overfitting(s: Signals, ctx: Context, codes: set) -> Optional[HealthWarning
     # a run whose steps overshoot (or blew up) drives its train and val losses apart by the size of its
     # steps (huge logits: train 1e-5, val 0.8 at 96% val accuracy with SGD at lr 5): the gap says more
     # about the steps than about memorisation, and the step-size fix comes first
-    if codes & {"lr_too_high", "loss_oscillation", "exploding_gradients", "nan_loss"}:
+    if codes & STEP_FAULTS:
         return None
     return fit.overfitting(s, ctx)
 
@@ -230,6 +266,12 @@ class HealthMonitor(Callback):
         for w in evaluate(self.signals, self.ctx, raised, phase, diverged, step_rules, guard=self._rule_failed):
             if w.code in raised and phase == "step":
                 continue  # already shown; updated at the epoch end
+            if w.code in raised and w.severity == "info":
+                # a finding the end of the run lifted (a plateau it left): a note now, without a fix
+                stored = raised[w.code]
+                stored.severity, stored.message, stored.suggestion, stored.fix = "info", w.message, w.suggestion, {}
+                engine.bus.publish(ev.WARNING, run, warning=stored, new=False)
+                continue
             engine.warn(w)
         if step_rules:
             self._next_eval = time.perf_counter() + EVAL_SECONDS

@@ -15,8 +15,10 @@ The rules, each tested on scripted warnings in ``tests/test_health_verdict.py``:
    step size's). Symptoms (a plateau, underfitting) join the cause the run
    has when there is one.
 2. **Data before training.** Gradients that explode or a loss that goes NaN
-   next to inputs in raw units are the inputs' doing; a plateau or underfitting
-   next to probabilities fed to a loss that expects logits are that mistake's.
+   (or rises) next to inputs in raw units are the inputs' doing, and next to
+   gradients far off scale from the first step the model's; a plateau or
+   underfitting next to probabilities fed to a loss that expects logits are
+   that mistake's. None of these offers a config fix: a smaller lr only hides it.
 3. **No contradictions side by side.** Two verdicts whose fixes move one field
    in opposite directions (one lowers the lr, the other raises it) are not
    both offered: the one with the stronger evidence stays, the other joins it
@@ -43,8 +45,8 @@ TITLES = {
     "label_mismatch": "the targets do not fit the loss",
     "bad_input_data": "the data has NaN or Inf values",
     "probability_outputs": "the model outputs probabilities where the loss expects logits",
-    "unscaled_inputs": "the inputs are not standardized",
-    "step_too_large": "the learning rate is too high: the steps overshoot",
+    "unscaled_data": "the inputs (or regression targets) are not standardized",
+    "step_too_large": "the learning rate is too high: the steps overshoot",  # (see Verdict.title)
     "model": "the model cannot learn this as it is built",
     "step_too_small": "the steps are too small: training barely moves",
     "regularisation": "the regularisation holds the model back",
@@ -56,12 +58,16 @@ CAUSE_ORDER = tuple(TITLES)
 # how strongly a code is evidence of its cause, for choosing between contradicting fixes: a loss that
 # rose or went NaN is seen directly; a still run or a flat loss has other explanations
 STRENGTH = {
-    "label_mismatch": 100, "bad_input_data": 95, "probability_outputs": 90, "unscaled_inputs": 85,
+    "label_mismatch": 100, "bad_input_data": 95, "probability_outputs": 90, "unscaled_data": 85,
     "nan_loss": 80, "exploding_gradients": 75, "lr_too_high": 70, "dead_relu": 60, "vanishing_gradients": 60,
     "lr_too_low": 55, "underfitting": 52, "overfitting": 50, "loss_oscillation": 40, "loss_plateau": 20,
     "class_imbalance": 10,
 }
 SYMPTOMS = ("loss_plateau", "underfitting")
+# causes only a change to the model or the data cures
+NO_CONFIG_FIX = ("unscaled_data", "probability_outputs", "model")
+# what a step too large for the model shows: explained by inputs or activations far off scale when those are seen
+BLOWUP = ("exploding_gradients", "nan_loss", "lr_too_high", "loss_oscillation")
 # causes found in the data that do not explain how training went (a rare class, NaN in the val split)
 NOT_TRAINING = ("class_imbalance", "bad_input_data", "label_mismatch")
 REGULARISERS = ("weight_decay", "l1", "dropout")
@@ -97,6 +103,11 @@ class Verdict:
 
     @property
     def title(self) -> str:
+        if self.cause == "step_too_large" and "lr" not in self.fix:
+            return ("the momentum is too high: the steps swing through the valley and back" if "momentum" in self.fix
+                    else "the steps overshoot")
+        if self.cause == "step_too_small" and "optimizer" in self.fix:
+            return "training creeps: this optimizer's steps are too small here"
         return TITLES.get(self.cause, self.cause.replace("_", " "))
 
     @property
@@ -114,7 +125,7 @@ def cause_of(w, config=None) -> str:
     """The cause a warning points at, from its code and, where a code can have several, its fix
     (read against ``config`` when given: a plateau whose fix lowers the lr has the lr's cause)."""
     code, fix = w.code, w.fix or {}
-    if code in ("label_mismatch", "bad_input_data", "probability_outputs", "unscaled_inputs", "class_imbalance"):
+    if code in ("label_mismatch", "bad_input_data", "probability_outputs", "unscaled_data", "class_imbalance"):
         return code
     if code in ("nan_loss", "exploding_gradients", "lr_too_high", "loss_oscillation"):
         return "step_too_large" if fix else "model"
@@ -128,9 +139,11 @@ def cause_of(w, config=None) -> str:
         return "memorising"
     if any(k in fix for k in REGULARISERS):
         return "regularisation"
+    if "optimizer" in fix:
+        return "step_too_small"  # another optimizer for a run that creeps (a saddle): its lr is not comparable
     if "lr" in fix:
         return "step_too_large" if _direction("lr", fix["lr"], config) < 0 else "step_too_small"
-    if "optimizer" in fix or "momentum" in fix:
+    if "momentum" in fix:
         return "step_too_small"
     return "model"
 
@@ -149,14 +162,18 @@ def verdicts(run) -> list:
 def build(warnings: Sequence, config=None, history: Sequence = ()) -> list:
     """Verdicts from ``warnings`` of a run trained with ``config``; ``history``: the runs before it
     (oldest first, each with ``config`` and ``warnings``). See the module docstring for the rules."""
+    warnings = [w for w in warnings if w.severity != "info"]  # notes (a plateau the run left) are no fault
     if not warnings:
         return []
     causes = {id(w): cause_of(w, config) for w in warnings}
     codes = {w.code for w in warnings}
     # rule 2: the data explains what training shows
+    model_explodes = any(w.code == "exploding_gradients" and not w.fix for w in warnings)
     for w in warnings:
-        if "unscaled_inputs" in codes and w.code in ("exploding_gradients", "nan_loss"):
-            causes[id(w)] = "unscaled_inputs"
+        if "unscaled_data" in codes and w.code in BLOWUP:
+            causes[id(w)] = "unscaled_data"
+        elif model_explodes and w.code in BLOWUP:
+            causes[id(w)] = "model"  # activations off scale from the first step: the overshoot follows from it
         if "probability_outputs" in codes and w.code in SYMPTOMS + ("vanishing_gradients",):
             causes[id(w)] = "probability_outputs"
     groups: dict = {}
@@ -179,19 +196,22 @@ def build(warnings: Sequence, config=None, history: Sequence = ()) -> list:
             _drop_no_ops(v, config)
         if history:
             for v in out:
-                _knows_what_was_tried(v, config, history)
+                _knows_what_was_tried(v, config, warnings, history)
     out.sort(key=lambda v: (("error", "warning", "info").index(v.severity),
                             CAUSE_ORDER.index(v.cause) if v.cause in CAUSE_ORDER else len(CAUSE_ORDER)))
     return out
 
 
 def _verdict(cause: str, members: list) -> Verdict:
-    members = sorted(members, key=lambda w: -STRENGTH.get(w.code, 0))
+    if cause in NO_CONFIG_FIX:  # the explanation first: the warnings with a config fix are its consequences
+        members = sorted(members, key=lambda w: (bool(w.fix), -STRENGTH.get(w.code, 0)))
+    else:
+        members = sorted(members, key=lambda w: -STRENGTH.get(w.code, 0))
     fix: dict = {}
     for w in members:  # the strongest member's values win; the others add the fields it lacks
         for k, v in (w.fix or {}).items():
             fix.setdefault(k, v)
-    if cause in ("unscaled_inputs", "probability_outputs"):
+    if cause in NO_CONFIG_FIX:
         fix = {}  # the cure is in the data or the model; lowering the lr only hides it
     primary = members[0]
     suggestion = primary.suggestion if primary.fix or not fix else next(
@@ -276,17 +296,17 @@ def _changes(before, after) -> dict:
         return {}
 
 
-def _knows_what_was_tried(v: Verdict, config, history: Sequence) -> None:
+def _knows_what_was_tried(v: Verdict, config, warnings: Sequence, history: Sequence) -> None:
     """Rule 5: read what the runs before this one changed and what it did to this cause."""
     prev = history[-1]
     applied = _changes(_config(prev), config)
     if not applied:
         return
-    prev_causes = {cause_of(w, _config(prev)) for w in prev.warnings}
+    prev_causes = _causes_of(prev)
     # a change that cured its cause and overshot: this verdict wants the field back
     for k, (old, new) in applied.items():
-        if k not in v.fix or not isinstance(new, (int, float)) or isinstance(new, bool):
-            continue
+        if k == "lr" or k not in v.fix or not isinstance(new, (int, float)) or isinstance(new, bool):
+            continue  # the lr: bracketed below, from every run tried
         back = _direction(k, v.fix[k], config)
         went = (new > old) - (new < old)
         if back and went and back != went:
@@ -294,23 +314,26 @@ def _knows_what_was_tried(v: Verdict, config, history: Sequence) -> None:
             if mid is not None and mid != new:
                 v.fix[k] = mid
                 v.reason = _join(v.reason, (
-                    f"the last change ({k} {format_value(old)} → {format_value(new)}) went too far: "
-                    f"{'that' if v.cause != 'step_too_small' else 'now the steps are too small; that'} "
-                    f"is why the fix goes halfway back, to {format_value(mid)}, not to {format_value(old)}"))
+                    f"the last change ({k} {format_value(old)} → {format_value(new)}) went too far: the fix goes "
+                    f"halfway back, to {format_value(mid)}, not to {format_value(old)}"))
                 v.suggestion = f"set {k} to {format_value(mid)}, between the last two runs' values"
+    if "lr" in v.fix and v.fix.get("optimizer", config.optimizer) == config.optimizer:
+        _bracket_lr(v, config, warnings, history)
+    if not v.fix:
+        return
     # the same cause after a change meant to cure it
-    if v.cause in prev_causes and v.cause not in ("model",) and v.fix:
-        same = [k for k, (old, new) in applied.items() if k in v.fix and
-                _direction(k, v.fix[k], config) == ((new > old) - (new < old) if isinstance(new, (int, float)) else 0)]
+    if v.cause in prev_causes and v.cause != "model":
+        same = [k for k, (old, new) in applied.items() if k in v.fix and isinstance(new, (int, float))
+                and _direction(k, v.fix[k], config) == (new > old) - (new < old)]
         if same:
             k = same[0]
             old, new = applied[k]
-            tries = _tries(v.cause, history)
+            tries = _tries(v.cause, list(history) + [_Run(config, warnings)])
             if tries >= 2:
                 v.reason = _join(v.reason, (
                     f"{tries} config changes for this cause did not cure it ({k} {format_value(old)} → "
                     f"{format_value(new)} last): the cause is likely in the model or the data"))
-                v.suggestion = ("config changes did not cure it: " + _model_hint(v))
+                v.suggestion = "config changes did not cure it: " + _model_hint(v)
                 v.fix = {}
             else:
                 v.reason = _join(v.reason, (
@@ -318,18 +341,57 @@ def _knows_what_was_tried(v: Verdict, config, history: Sequence) -> None:
                     f"{format_value(v.fix[k])}"))
 
 
-def _tries(cause: str, history: Sequence) -> int:
-    """How many of the last runs in a row were changed to treat ``cause`` and still showed it."""
+class _Run:
+    def __init__(self, config, warnings):
+        self.config = self.initial_config = config
+        self.warnings = list(warnings)
+
+
+def _causes_of(run) -> set:
+    return {cause_of(w, _config(run)) for w in run.warnings}
+
+
+def _bracket_lr(v: Verdict, config, warnings: Sequence, history: Sequence) -> None:
+    """Keep an lr fix inside what the runs so far bracket: below every lr that was too large, above
+    every lr that was too small (the geometric mean of the bracket when the fix would leave it)."""
+    runs = [r for r in list(history) + [_Run(config, warnings)] if _config(r).optimizer == config.optimizer]
+    highs = [_config(r).lr for r in runs if "step_too_large" in _causes_of(r)]
+    lows = [_config(r).lr for r in runs if "step_too_small" in _causes_of(r)]
+    hi, lo = (min(highs) if highs else None), (max(lows) if lows else None)
+    p = v.fix["lr"]
+    if (hi is None or p < hi) and (lo is None or p > lo):
+        return
+    if hi is not None and lo is not None:
+        if hi <= 2 * lo:
+            del v.fix["lr"]
+            v.reason = _join(v.reason, (
+                f"lr {format_value(lo)} was too small and {format_value(hi)} too large in the runs so far: no lr "
+                f"between them is left to try, so the cause is likely elsewhere"))
+            v.suggestion = "no learning rate cured it: " + _model_hint(v)
+            return
+        mid = math.sqrt(lo * hi)
+    else:
+        mid = math.sqrt(config.lr * (hi if hi is not None else lo))
+    mid = float(f"{mid:.2g}")
+    v.reason = _join(v.reason, (
+        f"the runs so far found lr {format_value(hi)} too large" if hi is not None else "the runs so far found") + (
+        f"{' and' if hi is not None else ''} lr {format_value(lo)} too small" if lo is not None else "") + (
+        f": the fix stays between, at {format_value(mid)}, instead of {format_value(p)}"))
+    v.fix["lr"] = mid
+    v.suggestion = f"set the learning rate to {format_value(mid)}, between the lrs that were too large and too small"
+
+
+def _tries(cause: str, runs: Sequence) -> int:
+    """How many config changes in a row (ending at the last of ``runs``) were made to a run that
+    showed ``cause`` and did not cure it."""
     n = 0
-    for before, after in zip(reversed(history[:-1]), reversed(history)):
-        if cause not in {cause_of(w, _config(after)) for w in after.warnings}:
+    for before, after in zip(reversed(runs[:-1]), reversed(runs)):
+        if cause not in _causes_of(after) or cause not in _causes_of(before):
             break
         if not _changes(_config(before), _config(after)):
             break
-        if cause not in {cause_of(w, _config(before)) for w in before.warnings}:
-            break
         n += 1
-    return n + 1
+    return n
 
 
 def _config(run):

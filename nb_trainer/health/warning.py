@@ -20,7 +20,7 @@ CODES = (
     "bad_input_data",
     "label_mismatch",
     "class_imbalance",
-    "unscaled_inputs",
+    "unscaled_data",
     "probability_outputs",
 )
 
