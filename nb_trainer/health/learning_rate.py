@@ -331,13 +331,18 @@ def zigzag(x: list, threshold: float) -> list:
     ``[(start index, end index, change)]``, alternating up and down. Moves smaller than the
     threshold are noise inside a leg."""
     legs: list = []
+    if not x:
+        return legs
+    lo = hi = 0  # before the first leg: the extremes so far, either can be where it starts
     pivot, ext, trend = 0, 0, 0
     for i in range(1, len(x)):
         if trend == 0:
-            if abs(x[i] - x[pivot]) >= threshold:
-                trend, ext = (1 if x[i] > x[pivot] else -1), i
-            elif (x[i] < x[pivot]) == (x[i] < x[ext]):
-                ext = i  # the start's extreme, before the first leg
+            lo = i if x[i] < x[lo] else lo
+            hi = i if x[i] > x[hi] else hi
+            if x[i] - x[lo] >= threshold:
+                pivot, ext, trend = lo, i, 1
+            elif x[hi] - x[i] >= threshold:
+                pivot, ext, trend = hi, i, -1
         elif (x[i] - x[ext]) * trend > 0:
             ext = i
         elif abs(x[ext] - x[i]) >= threshold:
