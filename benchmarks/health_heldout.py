@@ -1267,7 +1267,8 @@ def h2_int32_labels():
     return mlp(10, 3, (64,)), (xt, yt), (xv, yv), dict(optimizer="adam", lr=1e-3, batch_size=32, epochs=20)
 
 
-@scenario(why="multi-label 0/1 targets (N, 3) with 3 outputs (trained as a regression by the default loss), Adam")
+@scenario(why="multi-label 0/1 targets (N, 3) with 3 outputs (trained as a regression by the default loss, Adam; "
+               "since the step seam it is inferred as multi-label and trained with BCE)")
 def h2_multilabel():
     from sklearn.datasets import make_multilabel_classification
     x, y = make_multilabel_classification(1200, 12, n_classes=3, random_state=40)
@@ -1691,6 +1692,167 @@ def h3_digits_raw_counts_adam():
     return mlp(64, 10, (64,)), train, val, dict(optimizer="adam", lr=1e-3, batch_size=32, epochs=15)
 
 
+# == a fourth batch: the model shapes of issue "Any PyTorch model, any batch" ================================
+# (dict batches, Hugging Face transformers built from a config (no hub) with LayerNorm and GELU and their own
+# loss, per-position (sequence) outputs, multi-label targets, two-input models; transformers is optional: the
+# scenarios that need it are skipped without it)
+
+def token_batches(n=800, length=16, vocab=50, seed=60):
+    """Token sequences; label 1 when token 7 occurs (it is put first in half of them)."""
+    rng = np.random.RandomState(seed + SEED)
+    x = rng.randint(5, vocab, (n, length))
+    y = (x == 7).any(1).astype(np.int64)
+    x[rng.rand(n) < 0.5, 0] = 7
+    y = (x == 7).any(1).astype(np.int64)
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    cut = n * 3 // 4
+
+    def d(sl):
+        return {"input_ids": x[sl], "attention_mask": torch.ones_like(x[sl]), "labels": y[sl]}
+    return d(slice(0, cut)), d(slice(cut, n))
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(SEED)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def lm_batches(n=800, length=16, seed=61):
+    """Arithmetic token sequences a small causal LM learns: start s, step k, modulo 45 (+5)."""
+    rng = np.random.RandomState(seed + SEED)
+    start, step = rng.randint(0, 45, n), rng.randint(1, 6, n)
+    seq = torch.as_tensor((start[:, None] + step[:, None] * np.arange(length)) % 45 + 5)
+    cut = n * 3 // 4
+    return {"input_ids": seq[:cut], "labels": seq[:cut]}, {"input_ids": seq[cut:], "labels": seq[cut:]}
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(SEED)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                      bos_token_id=0, eos_token_id=0))
+
+
+class Tagger(nn.Module):
+    """A token tagger: embedding, a 2-layer GELU transformer encoder, a class per position."""
+
+    def __init__(self, vocab=50, dim=32, n_tags=3):
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.emb = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, 2, 64, batch_first=True, activation="gelu", dropout=0.0)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Linear(dim, n_tags)
+
+    def forward(self, input_ids):
+        return self.out(self.enc(self.emb(input_ids)))
+
+
+def tag_batches():
+    train, val = token_batches()
+    # the tag of a token: its id modulo 3, plus 1 (mod 3) right after a 7: needs the context
+    def tags(ids):
+        t = ids % 3
+        after7 = torch.zeros_like(ids, dtype=torch.bool)
+        after7[:, 1:] = ids[:, :-1] == 7
+        return torch.where(after7, (t + 1) % 3, t)
+    return ({"input_ids": train["input_ids"], "labels": tags(train["input_ids"])},
+            {"input_ids": val["input_ids"], "labels": tags(val["input_ids"])})
+
+
+class TwoInput(nn.Module):
+    """Two inputs (numeric features and a second block of them) summed in a GELU head: forward(xa, xb)."""
+
+    def __init__(self, na, nb, n_out):
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.a, self.b = nn.Linear(na, 32), nn.Linear(nb, 32)
+        self.head = nn.Sequential(nn.GELU(), nn.Linear(32, n_out))
+
+    def forward(self, xa, xb):
+        return self.head(self.a(xa) + self.b(xb))
+
+
+def multilabel_data():
+    from sklearn.datasets import make_multilabel_classification
+    x, y = make_multilabel_classification(1200, 12, n_classes=4, random_state=62)
+    return split(std(x), y.astype(np.float64), 300)
+
+
+@scenario(why="a 2-layer BERT (hidden 32, LayerNorm, GELU) built from a config, dict batches with labels: the "
+               "model's own loss, AdamW 1e-3")
+def h4_bert_dict_adamw():
+    train, val = token_batches()
+    return tiny_bert(), train, val, dict(optimizer="adamw", lr=1e-3, batch_size=32, epochs=8)
+
+
+@scenario(why="a 2-layer GPT-2 (hidden 32) on arithmetic token sequences, causal LM with its own loss, AdamW 3e-3")
+def h4_gpt2_causal_lm():
+    train, val = lm_batches()
+    return tiny_gpt2(), train, val, dict(optimizer="adamw", lr=3e-3, batch_size=32, epochs=6)
+
+
+@scenario(why="a GELU transformer encoder tagging every position (outputs (N, T, 3) against (N, T) ids), Adam 3e-3")
+def h4_tagger_sequence_outputs():
+    train, val = tag_batches()
+    return Tagger(), train, val, dict(optimizer="adam", lr=3e-3, batch_size=32, epochs=8)
+
+
+@scenario(why="multi-label targets (N, 4) of 0/1 with 4 outputs (BCE per label), a ReLU MLP with Adam 1e-3")
+def h4_multilabel_bce():
+    (x, y), (xv, yv) = multilabel_data()
+    return mlp(12, 4, (64,)), (x, y), (xv, yv), dict(optimizer="adam", lr=1e-3, batch_size=32, epochs=20)
+
+
+@scenario(why="a two-input model forward(xa, xb) passed (xa, xb, y) tuples, GELU head, Adam 3e-3")
+def h4_two_inputs():
+    from sklearn.datasets import make_classification
+    x, y = make_classification(1200, 10, n_informative=6, n_classes=3, n_clusters_per_class=1, random_state=63)
+    (xt, yt), (xv, yv) = split(std(x), y.astype(np.int64), 300)
+    return TwoInput(6, 4, 3), (xt[:, :6], xt[:, 6:], yt), (xv[:, :6], xv[:, 6:], yv), dict(
+        optimizer="adam", lr=3e-3, batch_size=32, epochs=15)
+
+
+@scenario("lr_too_high", allow=BLOWUP + ("vanishing_gradients",),
+          why="the BERT at AdamW lr 1.0: the loss leaps from ln 2 to ~6 in the first epoch")
+def f4_bert_lr_too_high():
+    train, val = token_batches()
+    return tiny_bert(), train, val, dict(optimizer="adamw", lr=1.0, batch_size=32, epochs=8)
+
+
+@scenario("lr_too_low", allow=(), why="the GPT-2 at AdamW lr 1e-7: the weights do not move")
+def f4_gpt2_lr_too_low():
+    train, val = lm_batches()
+    return tiny_gpt2(), train, val, dict(optimizer="adamw", lr=1e-7, batch_size=32, epochs=6)
+
+
+@scenario("lr_too_high", allow=BLOWUP + ("vanishing_gradients",), why="the tagger at Adam lr 1.0")
+def f4_tagger_lr_too_high():
+    train, val = tag_batches()
+    return Tagger(), train, val, dict(optimizer="adam", lr=1.0, batch_size=32, epochs=8)
+
+
+@scenario("probability_outputs", allow=("loss_plateau", "underfitting"),
+          why="the multi-label MLP ending in nn.Sigmoid, trained with the default BCE-with-logits")
+def f4_multilabel_sigmoid():
+    (x, y), (xv, yv) = multilabel_data()
+    model = mlp(12, 4, (64,))
+    model.append(nn.Sigmoid())
+    return model, (x, y), (xv, yv), dict(optimizer="adam", lr=1e-3, batch_size=32, epochs=20)
+
+
+@scenario("lr_too_low", allow=(), why="the two-input model at Adam lr 1e-7")
+def f4_two_inputs_lr_too_low():
+    from sklearn.datasets import make_classification
+    x, y = make_classification(1200, 10, n_informative=6, n_classes=3, n_clusters_per_class=1, random_state=63)
+    (xt, yt), (xv, yv) = split(std(x), y.astype(np.int64), 300)
+    return TwoInput(6, 4, 3), (xt[:, :6], xt[:, 6:], yt), (xv[:, :6], xv[:, 6:], yv), dict(
+        optimizer="adam", lr=1e-7, batch_size=32, epochs=15)
+
+
 # -- running ---------------------------------------------------------------------------------
 
 @dataclass
@@ -1775,7 +1937,11 @@ def main():
         try:
             for sc in chosen:
                 for seed in range(args.seeds):
-                    r = run_one(sc, seed)
+                    try:
+                        r = run_one(sc, seed)
+                    except ImportError as e:  # an optional dependency (transformers) is not installed
+                        print(f"skip  {sc.name:36s} s{seed} ({e})", flush=True)
+                        continue
                     results.append(r)
                     verdict = "ok " if r.ok and not r.extras else ("EXTRA" if r.ok else "FAIL")
                     if sc.borderline:

@@ -369,9 +369,10 @@ def infer_task(task: str, y: Optional[torch.Tensor], out: Optional[torch.Tensor]
         return TaskInfo("custom", 0, ())
     n_outputs = 1 if out.dim() <= 1 else int(out.shape[-1])
     shape = tuple(out.shape[1:])
+    # shapes per example: ``out`` is the prediction on a few probe examples, ``y`` the whole sample's targets
     per_position = (y is not None and out.dim() > 2 and not y.is_floating_point()
-                    and (tuple(out.shape[:-1]) == tuple(y.shape) or tuple(out.shape[2:]) == tuple(y.shape[1:])))
-    if per_position and tuple(out.shape[:-1]) != tuple(y.shape):
+                    and (tuple(out.shape[1:-1]) == tuple(y.shape[1:]) or tuple(out.shape[2:]) == tuple(y.shape[1:])))
+    if per_position and tuple(out.shape[1:-1]) != tuple(y.shape[1:]):
         n_outputs = int(out.shape[1])  # (N, C, ...): torch's segmentation layout
     if task != "auto":
         return TaskInfo(task, n_outputs, shape, per_position and task == "classification")
@@ -381,7 +382,7 @@ def infer_task(task: str, y: Optional[torch.Tensor], out: Optional[torch.Tensor]
         return TaskInfo("custom", n_outputs, shape)
     if n_outputs == 1 and _is_binary_values(y):
         return TaskInfo("binary", n_outputs, shape)
-    if n_outputs > 1 and tuple(y.shape) == tuple(out.shape) and y.dim() == 2 and _is_binary_values(y):
+    if n_outputs > 1 and tuple(y.shape[1:]) == tuple(out.shape[1:]) and y.dim() == 2 and _is_binary_values(y):
         one_hot = y.is_floating_point() and bool((y.sum(1) == 1).all())
         if not one_hot:  # one-hot float rows are class probabilities: cross-entropy's soft labels
             return TaskInfo("multilabel", n_outputs, shape)

@@ -281,11 +281,20 @@ def _dead_from_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         return None
     zeros, w, last = found
     first = ctx.label(ctx.first_layer) if ctx.first_layer else "the first weight matrix"
+    seen = (f"{first} got a gradient of exactly 0 on {zeros} of the last {w} steps (last layer: {fmt(last)}) at "
+            f"epoch {latest_epoch(s)}: the units after it output 0 for every example, so no gradient reaches it")
+    start = s.g_first[:5]
+    if len(start) >= 3 and median(start) > 0:
+        # it had a gradient at the start: the units died during training, as large updates kill them
+        lr = round_lr(ctx.lr / 10)
+        return HealthWarning(
+            code="dead_relu", severity="warning",
+            message=seen + f" (it had {fmt(median(start))} at the first steps: they died during training)",
+            suggestion=f"large updates pushed the units into the zero region: lower the learning rate to {fmt(lr)}",
+            fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
     return HealthWarning(
         code="dead_relu", severity="warning",
-        message=(f"{first} got a gradient of exactly 0 on {zeros} of the last {w} steps (last layer: {fmt(last)}) at "
-                 f"epoch {latest_epoch(s)}: the units after it output 0 for every example, so no gradient reaches "
-                 f"it (dead ReLUs; F.relu in forward() is not probed, the gradients show it)"),
+        message=seen + " from the first step (dead ReLUs; F.relu in forward() is not probed, the gradients show it)",
         suggestion=("change the model or data: check the bias initialisation of the layers before the ReLUs (large "
                     "negative biases silence them), normalise the inputs, or use LeakyReLU/GELU"),
         fix={}, step=latest_step(s), epoch=latest_epoch(s))

@@ -72,6 +72,7 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
         return found
     if diverged and isinstance(raised, dict) and raised.get("nan_loss") is not None:
         _run(lambda: _nan_before_any_update(raised["nan_loss"]), found, guard)
+    _after_an_overshoot(found, raised)
     codes = set(raised) | {w.code for w in found}
     causes = [c for c in CAUSES if c in codes]
     # a plateau is what the user sees, whatever its cause: raised with the cause's fix when a
@@ -109,6 +110,23 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
 
 
 STEP_FAULTS = {"lr_too_high", "loss_oscillation", "exploding_gradients", "nan_loss"}
+
+
+def _after_an_overshoot(found: list, raised) -> None:
+    """Gradients that vanished after the loss rose are the overshoot's doing: steps far too large
+    saturate the units (LayerNorm, sigmoid, softmax attention) or silence them, and the gradients to
+    the first layers vanish. They take lr_too_high's fix instead of "change the model" (AdamW at lr 1 on
+    a small BERT: the word embeddings' gradient falls to 1e-6 of the head's; at lr 1e-3 it trains)."""
+    high = next((w for w in found if w.code == "lr_too_high"), None)
+    if high is None and isinstance(raised, dict):
+        high = raised.get("lr_too_high")
+    if high is None or not high.fix or "lr" not in high.fix:
+        return
+    for w in found:
+        if w.code == "vanishing_gradients" and not w.fix:
+            w.message += " — after the loss rose (lr_too_high): the overshoot saturated or silenced the units"
+            w.suggestion = f"the likely cause is lr too high: {high.suggestion}"
+            w.fix = dict(high.fix)
 
 
 def _overfitting_was_the_steps(w: HealthWarning, faults: list) -> HealthWarning:

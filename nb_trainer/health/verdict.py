@@ -132,7 +132,7 @@ def cause_of(w, config=None) -> str:
     if code == "dead_relu":
         return "step_too_large" if "lr" in fix else "model"
     if code == "vanishing_gradients":
-        return "model"
+        return "step_too_large" if "lr" in fix else "model"  # after an overshoot it takes the lr's fix
     if code == "lr_too_low":
         return "step_too_small"
     if code == "overfitting":
