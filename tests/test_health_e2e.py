@@ -239,9 +239,10 @@ def test_fault_gallery_is_stored_clean_and_runs_headless(tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     codes = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "overfitting", "loss_plateau",
              "loss_oscillation", "lr_too_high", "lr_too_low", "underfitting", "bad_input_data", "label_mismatch",
-             "class_imbalance")
+             "class_imbalance", "unscaled_data", "probability_outputs")
     for code in codes:
         assert f"] {code}:" in text, f"the gallery never shows {code}"
+    assert "=> verdict:" in text and "auto-fix 2/5" in text  # one verdict per cause, and auto-repair
     assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
