@@ -61,7 +61,7 @@ MIN_RISE = 0.1
 LOW_RATIO = 1e-4
 LOW_MOVED = 0.05
 # The raise is at most this factor: SGD at lr 1e-6 on a CNN needs x1e5 to reach a healthy ratio (x1e4
-# still moved it too little); the caps below (1.0 for SGD, 0.01 adaptive) keep it from overshooting.
+# still moved it too little); MAX_RAISED_LR keeps it from overshooting.
 LOW_MAX_FACTOR = 1e5
 # The suggested lr scales the step to the update ratio of healthy runs
 # (medians measured over 180 healthy MLP runs: Adam/AdamW/RMSprop 2e-3..1e-2,
@@ -69,6 +69,9 @@ LOW_MAX_FACTOR = 1e5
 # higher target for SGD).
 TARGET_RATIO = 4e-3
 TARGET_RATIO_SGD = 3e-2
+# ... and the raised lr at most: plain SGD's usual 0.1, with momentum 0.9 the same effective step, 0.01 for
+# the adaptive optimizers (their step is about the lr itself)
+MAX_RAISED_LR = {"sgd": 0.1, "momentum": 0.03}
 # Slow progress (a run that learns, too slowly to get anywhere in its epochs): an update ratio below
 # the smallest a healthy run measured, and the loss still near the baseline (see slow_progress).
 SLOW_RATIO = 1e-3
@@ -235,11 +238,12 @@ def lr_too_low(s: Signals, ctx: Context) -> Optional[HealthWarning]:
 
 
 def _raised_lr(ctx: Context, ratio: float, low: float, high: float) -> float:
-    """The lr that brings the update ratio to a healthy run's, the factor kept in [low, high] (at
-    most 1.0 for SGD, 0.01 for adaptive optimizers)."""
+    """The lr that brings the update ratio to a healthy run's, the factor kept in [low, high] and the lr at
+    most MAX_RAISED_LR of the optimizer (the ratio does not grow in proportion to the lr all the way: SGD at
+    lr 1e-3 on digits moved 2.5e-5 a step, and the lr 1.0 that the proportion asks for swings; 0.1 trains)."""
     plain = ctx.optimizer in ("sgd", "momentum")
     factor = min(high, max(low, (TARGET_RATIO_SGD if plain else TARGET_RATIO) / max(ratio, 1e-12)))
-    return float(f"{min(ctx.lr * factor, 1.0 if plain else 1e-2):.1g}")
+    return float(f"{min(ctx.lr * factor, MAX_RAISED_LR.get(ctx.optimizer, 1e-2)):.1g}")
 
 
 def slow_progress(s: Signals, ctx: Context) -> Optional[HealthWarning]:
