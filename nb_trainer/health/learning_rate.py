@@ -87,7 +87,7 @@ OSC_LOSS_SWING = 0.5
 OSC_LOSS_FLOOR = 0.2
 OSC_METRIC_SWING = 0.20
 OSC_MIN_MOVES = 2
-OSC_BALANCE = 0.3
+OSC_BALANCE = 0.3  # (see _swings)
 # ... or spikes: a loss that keeps jumping far above its own level and back, which
 # the swing test misses once the level is low (the floor above is a fifth of the
 # baseline). A spike: an epoch (after the first) at 3x the median of the epochs
@@ -288,16 +288,18 @@ def slow_progress(s: Signals, ctx: Context) -> Optional[HealthWarning]:
         fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
 
 
-def _swings(x: list, threshold: float) -> tuple[int, int, int]:
+def _swings(x: list, threshold: float, better: int = -1) -> tuple[int, int, int]:
     """(big rises, big falls, alternations between consecutive big moves) of a series.
 
-    A series that mostly goes one way is a trend with noise, not a swing: the big moves against
-    the trend must add up to at least OSC_BALANCE of those with it (val R² -83, -22, -14, -16.5,
-    -11.5, -13.7, -6.5, -5 is a run recovering from a bad start: +83 up against 4.7 down)."""
+    A series that mostly improves is a trend with noise, not a swing: the big moves against the
+    improvement (``better``: -1 for a loss, +1 for accuracy/R²) must add up to at least OSC_BALANCE
+    of those with it (val R² -83, -22, -14, -16.5, -11.5, -13.7, -6.5, -5 is a run recovering from a
+    bad start: +83 up against 4.7 down). A series that swings while it worsens stays a swing."""
     big = [b - a for a, b in zip(x, x[1:]) if abs(b - a) >= threshold]
     ups = sum(1 for d in big if d > 0)
     up_sum, down_sum = sum(d for d in big if d > 0), -sum(d for d in big if d < 0)
-    if min(up_sum, down_sum) < OSC_BALANCE * max(up_sum, down_sum):
+    with_, against = (up_sum, down_sum) if better > 0 else (down_sum, up_sum)
+    if against < OSC_BALANCE * with_:
         return 0, 0, 0
     flips = sum(1 for a, b in zip(big, big[1:]) if (a > 0) != (b > 0))
     return ups, len(big) - ups, flips
@@ -323,7 +325,7 @@ def loss_oscillation(s: Signals, ctx: Context) -> Optional[HealthWarning]:
             continue  # R² far below 0 (an MSE twice the variance and more): swings of 0.2 say nothing there
         floor = OSC_LOSS_FLOOR * ctx.baseline if ctx.baseline and ctx.baseline > 0 else 0.0
         threshold = max(OSC_LOSS_SWING * level, floor) if is_loss else OSC_METRIC_SWING
-        ups, downs, flips = _swings(x, threshold)
+        ups, downs, flips = _swings(x, threshold, -1 if is_loss else 1)
         if ups >= OSC_MIN_MOVES and downs >= OSC_MIN_MOVES and flips >= 3:
             return _oscillation(label, x, ups, downs, threshold, is_loss, s, ctx)
     spiking = _spiking(s, ctx) if ctx.baseline and ctx.baseline > 0 else None

@@ -21,6 +21,7 @@ train and val loss is its doing, so overfitting is not judged.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from . import fit, gradients, learning_rate
 from ..callbacks.base import Callback
 from .baseline import trivial_loss
 from .layers import module_labels
-from .signals import Context, Signals
+from .signals import Context, Signals, fmt, round_lr
 from .warning import HealthWarning
 
 EVAL_SECONDS = 0.5
@@ -72,7 +73,7 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
         return found
     if diverged and isinstance(raised, dict) and raised.get("nan_loss") is not None:
         _run(lambda: _nan_before_any_update(raised["nan_loss"]), found, guard)
-    _after_an_overshoot(found, raised)
+    _after_an_overshoot(found, raised, ctx)
     codes = set(raised) | {w.code for w in found}
     causes = [c for c in CAUSES if c in codes]
     # a plateau is what the user sees, whatever its cause: raised with the cause's fix when a
@@ -112,19 +113,34 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
 STEP_FAULTS = {"lr_too_high", "loss_oscillation", "exploding_gradients", "nan_loss"}
 
 
-def _after_an_overshoot(found: list, raised) -> None:
+def _after_an_overshoot(found: list, raised, ctx: Context) -> None:
     """Gradients that vanished after the loss rose are the overshoot's doing: steps far too large
     saturate the units (LayerNorm, sigmoid, softmax attention) or silence them, and the gradients to
     the first layers vanish. They take lr_too_high's fix instead of "change the model" (AdamW at lr 1 on
-    a small BERT: the word embeddings' gradient falls to 1e-6 of the head's; at lr 1e-3 it trains)."""
+    a small BERT: the word embeddings' gradient falls to 1e-6 of the head's; at lr 1e-3 it trains).
+    And an overshoot that saturated or killed units is far beyond what lr ÷ 10 settles (the BERT and a
+    GELU tagger at lr 0.1 still rise and stay saturated): lr_too_high's fix becomes lr ÷ 100."""
     high = next((w for w in found if w.code == "lr_too_high"), None)
-    if high is None and isinstance(raised, dict):
-        high = raised.get("lr_too_high")
+    stored = raised.get("lr_too_high") if isinstance(raised, dict) else None
+    if high is None and stored is not None:
+        high = dataclasses.replace(stored, fix=dict(stored.fix))
     if high is None or not high.fix or "lr" not in high.fix:
         return
+    others = list(found) + (list(raised.values()) if isinstance(raised, dict) else [])
+    killed = any(w.code == "vanishing_gradients" or (w.code == "dead_relu" and "lr" in (w.fix or {})) for w in others)
+    if killed and high.fix["lr"] > round_lr(ctx.lr / 100) and "momentum" not in high.fix:
+        if high not in found:
+            found.append(high)  # raised again with the new fix (engine.warn updates the stored one)
+        lr = round_lr(ctx.lr / 100)
+        high.fix["lr"] = lr
+        high.suggestion = (f"lower the learning rate to {fmt(lr)} (÷ 100: the overshoot saturated or killed units, "
+                           f"beyond what ÷ 10 settles)")
     for w in found:
-        if w.code == "vanishing_gradients" and not w.fix:
-            w.message += " — after the loss rose (lr_too_high): the overshoot saturated or silenced the units"
+        if w.code in ("vanishing_gradients", "dead_relu") and (not w.fix or w.fix.get("lr", 0) > high.fix["lr"]):
+            if w.code == "dead_relu" and not w.fix:
+                continue  # dead from the first step: the model's, whatever the lr
+            if w.code == "vanishing_gradients" and "overshoot" not in w.message:
+                w.message += " — after the loss rose (lr_too_high): the overshoot saturated or silenced the units"
             w.suggestion = f"the likely cause is lr too high: {high.suggestion}"
             w.fix = dict(high.fix)
 
