@@ -1,9 +1,12 @@
 """Throughput of the Trainer's engine against a bare hand-written PyTorch loop.
 
-Two reference workloads:
+Three reference workloads:
 
   digits  MLP 64-256-256-10 on scikit-learn's digits (1497 train / 300 val), Adam, batch 64
   random  MLP 784-512-512-10 on 20k random samples (18k train / 2k val), Adam, batch 128
+  bert    a tiny transformers BertForSequenceClassification (2 layers, hidden 32, built from a
+          config) on dict batches {input_ids, attention_mask, labels} from a DataLoader, batch 32,
+          trained on the model's own loss; the bare loop does ``model(**batch).loss``
 
 The bare loop does forward, backward, step, zero_grad on batches drawn with a
 ``randperm`` over in-memory tensors (the Trainer's batching), and the same
@@ -18,6 +21,10 @@ pair means little).
   python benchmarks/bench_engine.py --mode diagnostics   # Trainer(diagnostics=True) vs (False)
   python benchmarks/bench_engine.py --device cuda --threads 4
   python benchmarks/bench_engine.py --profile       # cProfile of one Trainer run (hot path)
+  python benchmarks/bench_engine.py --mode bare --schedule cosine --warmup 0.1
+        # both sides follow a cosine schedule with warmup (the bare loop with torch.optim.lr_scheduler)
+  python benchmarks/bench_engine.py --device cuda --precision 16
+        # both sides in float16 autocast with a GradScaler (bf16: autocast only)
 """
 from __future__ import annotations
 
@@ -28,9 +35,15 @@ import sys
 import time
 from dataclasses import dataclass
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import lr_scheduler
+
+# set from the command line: the schedule and precision both sides train with
+RECIPE = {"schedule": "constant", "warmup": 0.0, "precision": "32"}
 
 VAL_BATCH = 1024  # the engine's evaluation batch
 
@@ -45,6 +58,7 @@ class Workload:
     batch_size: int
     epochs: int
     lr: float = 1e-3
+    kind: str = "tensors"   # "tensors": (X, y) pairs; "dict": DataLoaders of dict batches
 
 
 def mlp(sizes, seed=0) -> nn.Module:
@@ -73,6 +87,24 @@ def random_workload(epochs: int) -> Workload:
     y = torch.randint(0, 10, (20_000,), generator=g)
     return Workload("random 784-512-512-10, batch 128", mlp([784, 512, 512, 10]),
                     (x[:18_000], y[:18_000]), (x[18_000:], y[18_000:]), 10, 128, epochs)
+
+
+def bert_workload(epochs: int) -> Workload:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (1280, 24), generator=g)
+    labels = (ids == 7).any(1).long()
+    items = [{"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i]), "labels": labels[i]}
+             for i in range(len(ids))]
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg)
+    from torch.utils.data import DataLoader
+    train = DataLoader(items[:1024], batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    val = DataLoader(items[1024:], batch_size=64)
+    return Workload("tiny BERT on dict batches, batch 32", model, train, val, 2, 32, epochs, lr=1e-3, kind="dict")
 
 
 def sync(device: torch.device) -> None:
@@ -108,14 +140,94 @@ def validate(model, xv, yv, n_classes):
             "val_precision": sum(precision) / k, "val_recall": sum(recall) / k, "val_f1": sum(f1) / k}
 
 
+def validate_dicts(model, val, n_classes, device):
+    """The same record as :func:`validate`, over a DataLoader of dict batches (the model's own loss)."""
+    model.eval()
+    loss_sum, n = None, 0
+    cm = torch.zeros(n_classes * n_classes, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for batch in val:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            yb = batch["labels"]
+            batch_loss = out.loss * len(yb)
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            n += len(yb)
+            cm += torch.bincount(yb * n_classes + out.logits.argmax(-1), minlength=n_classes * n_classes)
+    model.train()
+    cm = cm.view(n_classes, n_classes)
+    tp, true_n, pred_n = torch.stack([cm.diagonal(), cm.sum(1), cm.sum(0)]).tolist()
+    return {"val_loss": float(loss_sum) / n, "val_accuracy": sum(tp) / n}
+
+
+class BareRecipe:
+    """The hand-written loop's schedule (torch.optim.lr_scheduler) and mixed precision (autocast, GradScaler)."""
+
+    def __init__(self, opt, total_steps: int, device):
+        sched, warm = RECIPE["schedule"], RECIPE["warmup"]
+        self.scheduler = None
+        if sched != "constant" or warm > 0:
+            w = int(round(warm * total_steps))
+            main = {"constant": lambda: lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),
+                    "cosine": lambda: lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps - w),
+                    "linear": lambda: lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=total_steps - w)}[sched]()
+            self.scheduler = main if w == 0 else lr_scheduler.SequentialLR(
+                opt, [lr_scheduler.LinearLR(opt, start_factor=1 / (w + 1), total_iters=w), main], milestones=[w])
+        precision = RECIPE["precision"]
+        self.dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
+        self.opt = opt
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward_step(self, loss):
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+def bare_dict_run(w: Workload, model, initial, device) -> tuple[int, float, float]:
+    """The hand-written loop over dict batches: ``model(**batch).loss``, backward, step, zero_grad."""
+    sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    model.load_state_dict(initial)
+    opt = torch.optim.Adam(model.parameters(), lr=w.lr)
+    recipe = BareRecipe(opt, w.epochs * len(w.train), device)
+    model.train()
+    steps = 0
+    for _ in range(w.epochs):
+        for batch in w.train:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with recipe.autocast():
+                loss = model(**batch).loss
+            recipe.backward_step(loss)
+            steps += 1
+        with recipe.autocast():
+            validate_dicts(model, w.val, w.n_classes, device)
+    sync(device)
+    return steps, time.perf_counter() - t0, time.process_time() - c0
+
+
 def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, float, float]:
     """Train ``epochs`` epochs from ``initial``; return (steps, wall seconds, CPU seconds)."""
+    if w.kind == "dict":
+        return bare_dict_run(w, model, initial, device)
     x, y = train
     xv, yv = val
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
     model.load_state_dict(initial)
     opt = torch.optim.Adam(model.parameters(), lr=w.lr)
+    recipe = BareRecipe(opt, w.epochs * -(-len(x) // w.batch_size), device)
     gen = torch.Generator().manual_seed(0)
     model.train()
     steps = 0
@@ -123,12 +235,12 @@ def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, floa
         order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), w.batch_size):
             idx = order[i:i + w.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            with recipe.autocast():
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            recipe.backward_step(loss)
             steps += 1
-        validate(model, xv, yv, w.n_classes)
+        with recipe.autocast():
+            validate(model, xv, yv, w.n_classes)
     sync(device)
     return steps, time.perf_counter() - t0, time.process_time() - c0
 
@@ -138,7 +250,7 @@ def bare_run(w: Workload, model, initial, train, val, device) -> tuple[int, floa
 def trainer_run(t, w: Workload, device) -> tuple[int, float, float]:
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
-    run = t.start(optimizer="adam", lr=w.lr, batch_size=w.batch_size, epochs=w.epochs, seed=0)
+    run = t.start(optimizer="adam", lr=w.lr, batch_size=w.batch_size, epochs=w.epochs, seed=0, **RECIPE)
     t.wait()
     sync(device)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -185,8 +297,8 @@ def summarize(label_a: str, label_b: str, pairs: list) -> dict:
 
 
 def bench_workload(w: Workload, args, device) -> dict:
-    train = tuple(t.to(device) for t in w.train)
-    val = tuple(t.to(device) for t in w.val)
+    train = tuple(t.to(device) for t in w.train) if w.kind == "tensors" else w.train
+    val = tuple(t.to(device) for t in w.val) if w.kind == "tensors" else w.val
     if args.mode in ("bare", "overall"):
         # "bare": the engine (the health diagnostics of issue 4 off) against the hand-written loop;
         # "overall": the Trainer as a user gets it (diagnostics on) against the same loop
@@ -245,21 +357,31 @@ def main(argv=None) -> int:
                    help="bare: hand-written loop vs Trainer(diagnostics=False) (the engine); diagnostics: "
                         "Trainer(diagnostics=False) vs True; overall: loop vs Trainer(diagnostics=True); "
                         "all (default): the three in turn")
-    p.add_argument("--workload", choices=("digits", "random", "all"), default="all")
+    p.add_argument("--workload", choices=("digits", "random", "bert", "all"), default="all")
     p.add_argument("--pairs", type=int, default=11, help="alternating pairs (median taken; >= 5 for a figure)")
     p.add_argument("--quick", action="store_true", help="short smoke run: 3 pairs, 1-3 epochs")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--digits-epochs", type=int, default=20)
     p.add_argument("--random-epochs", type=int, default=2)
+    p.add_argument("--bert-epochs", type=int, default=3)
     p.add_argument("--target", type=float, default=0.97, help="ratio the Trainer must keep")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one Trainer run per workload")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="the lr schedule both sides follow (the bare loop: torch.optim.lr_scheduler)")
+    p.add_argument("--warmup", type=float, default=0.0, help="warmup fraction of the steps (both sides)")
+    p.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+                   help="autocast both sides (16: with a GradScaler; CUDA only)")
     args = p.parse_args(argv)
+    RECIPE.update(schedule=args.schedule, warmup=args.warmup, precision=args.precision)
+    if args.precision == "16" and not args.device.startswith("cuda"):
+        p.error("--precision 16 needs --device cuda (float16 autocast with a GradScaler is CUDA's)")
     if args.quick:
         args.pairs = min(args.pairs, 3)
         args.digits_epochs = min(args.digits_epochs, 3)
         args.random_epochs = 1
+        args.bert_epochs = 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -270,9 +392,12 @@ def main(argv=None) -> int:
         workloads.append(digits_workload(args.digits_epochs))
     if args.workload in ("random", "all"):
         workloads.append(random_workload(args.random_epochs))
+    if args.workload in ("bert", "all"):
+        workloads.append(bert_workload(args.bert_epochs))
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"mode {args.mode}, {args.pairs} pairs{' (quick)' if args.quick else ''}")
+          f"mode {args.mode}, {args.pairs} pairs{' (quick)' if args.quick else ''}, schedule {args.schedule} "
+          f"warmup {args.warmup:g}, precision {args.precision}")
     results = {}
     ok = True
     modes = ("bare", "diagnostics", "overall") if args.mode == "all" else (args.mode,)

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle", "linear", "step", "plateau")
+PRECISIONS = ("32", "bf16", "16")
+# The largest weight_decay and l1 accepted. At 100 the default lr (1e-3) already shrinks the
+# weights by a tenth a step; beyond it no lr trains, and 1e300 (or anything past float32's 3.4e38)
+# failed at the first step with an overflow deep inside the optimizer.
+MAX_PENALTY = 100.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class FieldSpec:
     off: Any = None
     nullable: bool = False
     live: bool = False
+    why_high: str = ""
 
     def accepted(self) -> str:
         """Say in words what this field accepts."""
@@ -79,9 +86,14 @@ FIELDS: dict[str, FieldSpec] = {
                   live=True),
         FieldSpec("weight_decay", "float", "L2 weight decay",
                   "L2 penalty (decoupled for adamw); 0 is off",
-                  low=0.0, slider_low=1e-6, slider_high=1e-1, log=True, off=0.0, live=True),
+                  low=0.0, high=MAX_PENALTY, slider_low=1e-6, slider_high=1e-1, log=True, off=0.0, live=True,
+                  why_high=("a larger L2 penalty outweighs any loss, so the run cannot train: each step pulls "
+                            "the weights to 0, or, once lr × weight_decay > 2 with sgd, momentum or adamw, "
+                            "makes them grow without bound; past 3.4e38 (float32) it cannot even be applied")),
         FieldSpec("l1", "float", "L1", "L1 penalty on weight matrices added to the loss; 0 is off",
-                  low=0.0, slider_low=1e-7, slider_high=1e-2, log=True, off=0.0, live=True),
+                  low=0.0, high=MAX_PENALTY, slider_low=1e-7, slider_high=1e-2, log=True, off=0.0, live=True,
+                  why_high=("a larger L1 penalty outweighs any loss, so the run cannot train: its gradient "
+                            "alone drives every weight matrix to 0 or past the float range")),
         FieldSpec("dropout", "float", "dropout",
                   "p of every nn.Dropout in the model; None keeps the model's own",
                   low=0.0, high=1.0, high_open=True, slider_low=0.0, slider_high=0.9,
@@ -98,6 +110,20 @@ FIELDS: dict[str, FieldSpec] = {
                   low=0, high=100_000, slider_low=0, slider_high=50, off=0),
         FieldSpec("seed", "int", "seed", "seeds weights-independent randomness (shuffling, dropout)",
                   low=0, high=2**63 - 1),
+        FieldSpec("schedule", "choice", "lr schedule",
+                  "constant; cosine (to 0); onecycle (fastai's fit_one_cycle: up then down, momentum the "
+                  "other way); linear (to 0); step (÷10 at 50% and 75% of the steps); plateau (÷10 when the "
+                  "val loss stalls)", choices=SCHEDULES),
+        FieldSpec("warmup", "float", "warmup",
+                  "fraction of the run's steps spent warming the lr up linearly before the schedule "
+                  "(onecycle: the fraction spent rising); 0 is off",
+                  low=0.0, high=0.5, slider_low=0.0, slider_high=0.5, off=0.0),
+        FieldSpec("accumulate", "int", "accumulate",
+                  "batches whose gradients are summed before each optimizer step (the effective batch is "
+                  "accumulate × batch size)", low=1, high=4096, slider_low=1, slider_high=64),
+        FieldSpec("precision", "choice", "precision",
+                  "32: float32; bf16: bfloat16 autocast (CPU and CUDA); 16: float16 autocast with a "
+                  "gradient scaler (CUDA only)", choices=PRECISIONS),
     )
 }
 
@@ -122,6 +148,10 @@ class TrainConfig:
     grad_clip: float = 0.0
     patience: int = 0
     seed: int = 0
+    schedule: str = "constant"
+    warmup: float = 0.0
+    accumulate: int = 1
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         for spec in FIELDS.values():
@@ -164,16 +194,28 @@ def check_names(values: Mapping[str, Any]) -> None:
         )
 
 
+def check_value(name: str, value: Any) -> Any:
+    """``value`` normalised for the field ``name``, or ``ValueError`` naming it and what it accepts."""
+    check_names({name: value})
+    return _check(FIELDS[name], value)
+
+
 def _check(spec: FieldSpec, value: Any) -> Any:
     """Return ``value`` normalised for ``spec`` or raise ``ValueError``."""
     name = spec.name
 
     def bad() -> ValueError:
-        return ValueError(f"{name}={value!r} is not accepted: {name} must be {spec.accepted()}")
+        why = ""
+        if spec.why_high and isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and spec.high is not None and float(value) > spec.high:
+            why = f" ({spec.why_high})"
+        return ValueError(f"{name}={value!r} is not accepted: {name} must be {spec.accepted()}{why}")
 
     if value is None and spec.nullable:
         return None
     if spec.kind == "choice":
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and str(value) in spec.choices:
+            return str(value)  # precision=16 means "16"
         if not isinstance(value, str) or value.lower() not in spec.choices:
             raise bad()
         return value.lower()

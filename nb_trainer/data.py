@@ -369,7 +369,7 @@ def infer_task(task: str, y: Optional[torch.Tensor], out: Optional[torch.Tensor]
         return TaskInfo("custom", 0, ())
     n_outputs = 1 if out.dim() <= 1 else int(out.shape[-1])
     shape = tuple(out.shape[1:])
-    # shapes per example: ``out`` is the prediction on a few probe examples, ``y`` the whole sample's targets
+    # shapes per example: the output is of a few probe examples, the targets of the whole sample
     per_position = (y is not None and out.dim() > 2 and not y.is_floating_point()
                     and (tuple(out.shape[1:-1]) == tuple(y.shape[1:]) or tuple(out.shape[2:]) == tuple(y.shape[1:])))
     if per_position and tuple(out.shape[1:-1]) != tuple(y.shape[1:]):

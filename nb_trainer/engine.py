@@ -27,8 +27,10 @@ from .config import TrainConfig
 from .data import Source, TaskInfo
 from .health.warning import HealthWarning
 from .optim import apply_hyper, build_optimizer, dropout_defaults, set_dropout  # noqa: F401 (re-exported)
+from .precision import Precision
 from .probes import PROBE_BATCH, PROBE_SECONDS, PROBE_SHARE, Probes  # noqa: F401 (re-exported)
 from .run import Run
+from .schedules import Schedule
 from .step import Step, evaluate
 from .steplog import NORM_CALIBRATION, NORM_MAX_STRIDE, NORM_SHARE, NormSampler, PendingSteps  # noqa: F401
 
@@ -106,6 +108,7 @@ class Engine:
         self.task = task
         self.step = step
         self.initial_state = initial_state
+        self.start_state = initial_state   # a continued run starts from its parent's final weights instead
         self.bus = bus
         self.control = control
         self.callbacks = list(callbacks)
@@ -182,6 +185,7 @@ class Engine:
             run.error = e
         finally:
             run.ended_at = time.time()
+            self._keep_final_state(outcome)
             # the end hooks (the final health verdict, the store's last write) read the outcome; the
             # status shows it only once they are done, so whoever polls run.status until it is no
             # longer "running" then reads the run's final warnings
@@ -197,6 +201,19 @@ class Engine:
             self.bus.publish(ev.RUN_ENDED, run)
         return run
 
+    def _keep_final_state(self, outcome: str) -> None:
+        """The weights the run ends with, on the CPU: a later run can continue from them."""
+        run = self.run_
+        if outcome in ("failed", "running"):
+            return
+        run.final_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if outcome == "diverged":
+            run.final_epoch = self.checkpoints.healthy_epoch
+        elif run.stop_reason.startswith("early stopping"):
+            run.final_epoch = run.best_epoch
+        else:
+            run.final_epoch = len(run.epochs)
+
     def _setup(self) -> None:
         run, cfg, model = self.run_, self.config, self.model
         for w, fatal in self.data_warnings:
@@ -204,7 +221,7 @@ class Engine:
         fatal = [w for w, f in self.data_warnings if f]
         if fatal:
             raise TrainingDataError("; ".join(f"{w.code}: {w.message}" for w in fatal))
-        model.load_state_dict(self.initial_state)
+        model.load_state_dict(self.start_state)
         set_dropout(model, cfg.dropout, self.dropout_p)
         # the CPU generator (dropout, init): torch.manual_seed would also walk the CUDA machinery
         torch.random.default_generator.manual_seed(cfg.seed)
@@ -212,8 +229,16 @@ class Engine:
             torch.cuda.manual_seed_all(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = build_optimizer(cfg, self.params)
+        self.precision = Precision(cfg.precision, self.device)
+        if self.precision.scaled:
+            self.norms.stride_fixed = True  # every step's norm: a skipped step shows in it (see precision.py)
         run.history.layer_names = list(self.param_names)
-        run.steps_per_epoch = self.train_src.num_batches(cfg.batch_size)
+        batches = self.train_src.num_batches(cfg.batch_size)
+        # optimizer steps: a group of `accumulate` batches is one step, the epoch's last group may be shorter
+        run.steps_per_epoch = None if batches is None else -(-batches // cfg.accumulate)
+        self.schedule = Schedule(cfg, None if batches is None else run.steps_per_epoch * cfg.epochs)
+        self.base_lr = cfg.lr
+        self._last_lr = cfg.lr
         self.checkpoints.start()
         if not self.diagnostics:
             self.probes.stop_collecting()
@@ -221,36 +246,61 @@ class Engine:
 
     # -- one epoch ------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> bool:
-        """Train one pass; False when a stop request cut it short."""
+        """Train one pass; False when a stop request cut it short.
+
+        Each optimizer step: ``accumulate`` batches of forward, loss (+ L1) and backward (their
+        gradients summed, weighted by batch size), then unscale (float16), gradient norms, clip,
+        the scheduled lr, the optimizer step, and the step's values kept on the device."""
         run, model, control, step = self.run_, self.model, self.control, self.step
-        params, opt, probes, norms = self.params, self.optimizer, self.probes, self.norms
+        params, opt, probes, norms, amp = self.params, self.optimizer, self.probes, self.norms, self.precision
+        k = self.config.accumulate
         self._epoch_t0 = time.perf_counter()
         self._epoch_loss_sum = 0.0
         self._epoch_n = 0
         next_log = time.perf_counter() + LOG_SECONDS
         next_probe = probes.epoch_due_time()
-        for batch in self.train_src.batches(self.config.batch_size, self.generator, shuffle=True):
-            if control.pending and not self._handle_requests():
-                self._log(epoch)
-                return False
-            cfg = self.config  # a live change may have replaced it
-            norms.step_started(run.step)
+        group = 0                      # batches in the current accumulation group
+        group_loss, group_n = None, 0  # their loss summed over examples (on the device), examples
+        for batch, last in _with_last(self.train_src.batches(self.config.batch_size, self.generator, shuffle=True)):
+            if group == 0:
+                if control.pending and not self._handle_requests():
+                    self._log(epoch)
+                    return False
+                cfg = self.config  # a live change may have replaced it
+                norms.step_started(run.step)
+                for p in params:  # opt.zero_grad(set_to_none=True) without its profiler wrapper: 25 µs -> 1 µs
+                    p.grad = None
             if epoch == 1:
                 probes.collect(batch)
 
-            loss, _, _, n = step(model, batch)
-            total_loss = loss + cfg.l1 * sum(w.abs().sum() for w in self.matrices) if cfg.l1 > 0 else loss
-            for p in params:  # opt.zero_grad(set_to_none=True) without its profiler wrapper: 25 µs -> 1 µs
-                p.grad = None
-            total_loss.backward()
-            layer_norms = norms.take(run.step, needed=cfg.grad_clip > 0)
+            with amp.autocast():
+                loss, _, _, n = step(model, batch)
+                total_loss = loss + cfg.l1 * sum(w.abs().sum() for w in self.matrices) if cfg.l1 > 0 else loss
+            if k > 1:
+                # summed over examples here, divided by the group's examples before the step: the
+                # gradient of the mean over the effective batch, also for a shorter last group
+                total_loss = total_loss * n
+                group_loss = loss.detach() * n if group_loss is None else group_loss + loss.detach() * n
+                group_n += n
+            amp.backward(total_loss)
+            group += 1
+            if group < k and not last:
+                continue
+            if k > 1:
+                torch._foreach_mul_([p.grad for p in params if p.grad is not None], 1.0 / group_n)
+                loss, n = group_loss / group_n, group_n
+            group, group_loss, group_n = 0, None, 0
+
+            amp.unscale(opt)
+            layer_norms = norms.take(run.step, needed=cfg.grad_clip > 0 or amp.scaled)
             if cfg.grad_clip > 0:
                 self._clip(layer_norms, cfg.grad_clip)
+            lr = self._scheduled_lr(run.step)
             probing = self.diagnostics and time.perf_counter() >= next_probe
             before = probes.before_update() if probing else None
-            opt.step()
+            amp.step(opt)
 
-            self.pending.add(loss, layer_norms, n)  # stays on the device: read at the next log
+            self.pending.add(loss, layer_norms, n, lr)  # stays on the device: read at the next log
             run.step += 1
             norms.step_done(run.step)
             if probing:
@@ -264,6 +314,23 @@ class Engine:
         self._log(epoch)
         return True
 
+    def _scheduled_lr(self, t: int) -> float:
+        """Put the schedule's lr (and onecycle's momentum) for optimizer step ``t`` into the optimizer."""
+        sched = self.schedule
+        if sched.constant:
+            return self.base_lr
+        lr = self.base_lr * sched.factor(t)
+        momentum = sched.momentum(t)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+            if momentum is not None:
+                if "betas" in g:
+                    g["betas"] = (momentum, g["betas"][1])
+                else:
+                    g["momentum"] = momentum
+        self._last_lr = lr
+        return lr
+
     def _clip(self, layer_norms: list, max_norm: float) -> None:
         # the same scaling as clip_grad_norm_, from the norms already taken (no second pass)
         grad_norm = torch.linalg.vector_norm(torch.stack(layer_norms))
@@ -276,8 +343,7 @@ class Engine:
             return
         run = self.run_
         n = len(self.pending)
-        losses, sampled, norms, per_layer, sizes = self.pending.read(self.norms.norms)
-        lr = self.config.lr  # one lr for the pending steps: a live change logs them before it applies
+        losses, sampled, norms, per_layer, sizes, lrs = self.pending.read(self.norms.norms)
         first_step = run.step - n + 1
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
         keep = n if bad is None else bad
@@ -285,12 +351,18 @@ class Engine:
             self._epoch_loss_sum += losses[i] * sizes[i]
             self._epoch_n += sizes[i]
         rows = [j for j, i in enumerate(sampled) if i < keep]
-        if not all(math.isfinite(v) for v in norms):
+        if self.precision.scaled:
+            # float16: a non-finite (unscaled) norm is a step the gradient scaler skipped, not an
+            # exploding gradient: counted, and left out of the history the health rules read
+            skipped = [j for j in rows if not math.isfinite(norms[j])]
+            run.skipped_steps += len(skipped)
+            rows = [j for j in rows if math.isfinite(norms[j])]
+        elif not all(math.isfinite(v) for v in norms):
             self._check_weights = True
         new = {
             "step": [first_step + sampled[j] for j in rows], "epoch": [epoch] * len(rows),
             "loss": [losses[sampled[j]] for j in rows], "grad_norm": [norms[j] for j in rows],
-            "lr": [lr] * len(rows), "layer_norms": [per_layer[j] for j in rows],
+            "lr": [lrs[sampled[j]] for j in rows], "layer_norms": [per_layer[j] for j in rows],
         }
         if rows:
             run.history.extend(**new)
@@ -365,8 +437,15 @@ class Engine:
         apply_hyper(self.optimizer, new)
         if "dropout" in diff:
             set_dropout(self.model, new.dropout, self.dropout_p)
-        run.changes.append({"step": run.step, "epoch": run.epoch,
-                            "changes": {k: v[1] for k, v in diff.items()}})
+        change = {"step": run.step, "epoch": run.epoch, "changes": {k: v[1] for k, v in diff.items()}}
+        if "lr" in diff:
+            self.base_lr = new.lr
+            if not self.schedule.constant:
+                # the slider sets the schedule's peak: its shape goes on, scaled, from this step
+                change["note"] = (f"{new.schedule} schedule rescaled ×{new.lr / diff['lr'][0]:.3g} from step "
+                                  f"{run.step}")
+            self._last_lr = self._scheduled_lr(run.step)
+        run.changes.append(change)
 
     # -- epoch end ----------------------------------------------------------------
     def _end_epoch(self, epoch: int) -> None:
@@ -376,9 +455,11 @@ class Engine:
                   "train_loss": self._epoch_loss_sum / self._epoch_n if self._epoch_n else float("nan")}
         if self.val_src is not None:
             record.update(self.evaluate(self.val_src))
-        record["lr"] = cfg.lr
+        record["lr"] = self._last_lr
         record["seconds"] = time.perf_counter() - self._epoch_t0
         run.epochs.append(record)
+        if self.schedule.epoch_end(record.get("val_loss", record["train_loss"])):
+            self._last_lr = self._scheduled_lr(run.step)  # plateau: the next epoch trains at lr / 10
         # a healthy epoch: its weights are the ones to roll back to, and the best when its val loss is
         if self.checkpoints.epoch_end(epoch, record.get("val_loss", record["train_loss"])):
             run.best_val_loss, run.best_epoch = self.checkpoints.best_value, epoch
@@ -408,4 +489,17 @@ class Engine:
         """Loss and task metrics of the current model on ``source``."""
         bs = max(VAL_BATCH, self.config.batch_size)
         return evaluate(self.step, self.model, source.batches(bs, None, shuffle=False), self.task,
-                        self.device, prefix)
+                        self.device, prefix, autocast=self.precision.autocast)
+
+
+def _with_last(iterable):
+    """``(item, is_last)`` for each item (one item of lookahead)."""
+    it = iter(iterable)
+    try:
+        item = next(it)
+    except StopIteration:
+        return
+    for following in it:
+        yield item, False
+        item = following
+    yield item, True

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
+import keyword
+import numbers
 import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .config import FIELDS, TrainConfig
+from .config import FIELDS, TrainConfig, check_value
 
 # the order columns appear in (others follow, in the order first seen)
 _FIRST = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
@@ -73,16 +75,23 @@ def config_snippet(run_or_config, var: str = "t", form: str = "config", base: Op
 
     A run's starting config is used (``run.initial_config``); live changes
     made while it trained follow as comments.
+
+    The code holds only ``TrainConfig`` field names and ``repr``-made
+    literals of values those fields accept: a stored record is read from a
+    file anyone could have written, so a live change naming anything else, or
+    with a value its field refuses, is left out (and counted in a comment).
     """
     if form not in ("config", "changes"):
         raise ValueError(f"form={form!r} is not accepted: use 'config' or 'changes'")
-    if not var.isidentifier():
+    if not isinstance(var, str) or not var.isidentifier() or keyword.iskeyword(var):
         raise ValueError(f"var={var!r} is not a Python name")
     if isinstance(run_or_config, TrainConfig):
         config, changes = run_or_config, []
     else:
         config = getattr(run_or_config, "initial_config", None) or run_or_config.config
         changes = list(getattr(run_or_config, "changes", None) or [])
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config_snippet needs a run, a stored record or a TrainConfig; got {type(config).__name__}")
     reference = TrainConfig() if (form == "config" or base is None) else base
     args = [f"{name}={_literal(getattr(config, name))}" for name in FIELDS
             if getattr(config, name) != getattr(reference, name)]
@@ -91,16 +100,48 @@ def config_snippet(run_or_config, var: str = "t", form: str = "config", base: Op
         lines = (["import nb_trainer as nbt"] if import_line else []) + [call]
     else:
         lines = [f"{var}.start(" + ", ".join(args) + ")"]
+    left_out = 0
     for change in changes:
-        values = ", ".join(f"{k}={_literal(v)}" for k, v in change.get("changes", {}).items())
-        lines.append(f"# changed live at step {change.get('step')} (epoch {change.get('epoch')}): "
-                     f"{var}.change({values})")
+        values, dropped = _checked_changes(change.get("changes") if isinstance(change, dict) else None)
+        left_out += dropped
+        if values:
+            lines.append(f"# changed live at step {_count(change.get('step'))} "
+                         f"(epoch {_count(change.get('epoch'))}): {var}.change({values})")
+    if left_out:
+        lines.append(f"# {left_out} stored live change(s) left out: not a training option, or a value it refuses")
     return "\n".join(lines)
 
 
+def _checked_changes(changes) -> tuple[str, int]:
+    """``name=literal, ...`` of the live changes that name a field with a value it accepts; how many did not."""
+    if not isinstance(changes, dict):
+        return "", 1
+    parts, dropped = [], 0
+    for name, value in changes.items():
+        if name not in FIELDS:
+            dropped += 1
+            continue
+        try:
+            parts.append(f"{name}={_literal(check_value(name, value))}")
+        except ValueError:
+            dropped += 1
+    return ", ".join(parts), dropped
+
+
+def _count(value) -> str:
+    """A step or epoch number for a comment: digits only, or "?"."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    return "?"
+
+
 def _literal(value) -> str:
-    """Python source for a config value: repr round-trips floats exactly; strings in double quotes."""
-    if isinstance(value, str) and '"' not in value and "\\" not in value:
+    """Python source for a config value: repr round-trips floats exactly; plain strings in double quotes.
+
+    Only ever called on values a field accepted (numbers, None, an optimizer
+    name); anything but a plain printable string goes through ``repr``.
+    """
+    if isinstance(value, str) and value.isprintable() and '"' not in value and "\\" not in value:
         return f'"{value}"'
     return repr(value)
 
@@ -148,4 +189,8 @@ def write_tensorboard(runs, logdir) -> list[str]:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    """A run id as one folder name: letters, digits, ``-_.`` only, never ``.``/``..`` nor hidden."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in str(name))
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    return safe or "_"

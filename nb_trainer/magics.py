@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import sqlite3
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -13,6 +14,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import HTML, display
 
 from .config import FIELDS, TrainConfig
+from .metrics import LOSSES
 from .session import TASK_CHOICES, Trainer, all_trainers
 
 
@@ -24,7 +26,13 @@ def _option(spec):
         if spec.nullable and text.lower() == "none":
             return None
         try:
-            return int(text) if spec.kind == "int" else float(text)
+            if spec.kind == "int":
+                try:
+                    return int(text)
+                except ValueError:
+                    # "1e3" as the Python API takes 1e3: a float with an integer value (TrainConfig checks)
+                    return float(text)
+            return float(text)
         except ValueError:
             raise UsageError(f"--{spec.name} {text!r}: {spec.name} must be {spec.accepted()}") from None
     parse.__name__ = spec.name
@@ -34,7 +42,7 @@ def _option(spec):
 def _config_arguments(func):
     for spec in reversed(list(FIELDS.values())):
         func = argument(f"--{spec.name}", type=_option(spec), default=None,
-                        help=f"{spec.help} ({spec.accepted()})")(func)
+                        help=f"{spec.help} ({spec.accepted()})".replace("%", "%%"))(func)
     return func
 
 
@@ -49,6 +57,12 @@ class TrainerMagics(Magics):
     @argument("--task", default="auto", choices=TASK_CHOICES, help="what the model predicts (default: auto)")
     @argument("--loss", default=None, help="loss name (cross_entropy, bce, mse, mae, huber) or an expression")
     @argument("--store", default=".nb_trainer", help="folder for run records; 'none' keeps nothing on disk")
+    @argument("--target", default=None, help="the key of the target in dict batches (default: labels, label, "
+              "target, targets or y, the first present)")
+    @argument("--inputs", default=None, type=int, help="how many leading elements of a tuple batch are inputs "
+              "(default: from the model's forward signature)")
+    @argument("--step", default=None, help="a function step(model, batch) -> loss | (loss, outputs, targets) "
+              "(a name or expression)")
     @argument("--no-start", action="store_true", help="show the panel without starting a run")
     @argument("--no-panel", action="store_true", help="do not display the panel")
     @_config_arguments
@@ -75,13 +89,15 @@ class TrainerMagics(Magics):
         train = self._lookup(args.train, "TRAIN")
         val = None if args.val is None else self._lookup(args.val, "VAL")
         loss = args.loss
-        if loss is not None and loss.lower() not in ("cross_entropy", "bce", "mse", "mae", "huber"):
+        if loss is not None and loss.lower() not in LOSSES:
             loss = self._lookup(loss, "--loss")
         store = None if str(args.store).lower() == "none" else args.store
+        step = None if args.step is None else self._lookup(args.step, "--step")
         options = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
         try:
             TrainConfig.from_dict(options)
-            trainer = Trainer(model, train, val, task=args.task, loss=loss, store=store, **options)
+            trainer = Trainer(model, train, val, task=args.task, loss=loss, store=store, target=args.target,
+                              inputs=args.inputs, step=step, **options)
         except (ValueError, TypeError) as e:
             raise UsageError(str(e)) from None
         if not args.no_panel:
@@ -130,7 +146,10 @@ class TrainerMagics(Magics):
         from .ui.status import runs_table_html
         if args.all:
             from .store import load_runs
-            records = load_runs(args.store)
+            try:
+                records = load_runs(args.store)
+            except (OSError, ValueError, TypeError, sqlite3.Error) as e:   # no store, a damaged database
+                raise UsageError(f"%nbruns --all: {e}") from None
             display(HTML(_records_table(records)))
             return None
         trainers = [self._trainer(args.trainer)] if args.trainer else all_trainers()
@@ -169,9 +188,12 @@ def _records_table(records) -> str:
         last = r.epochs[-1] if r.epochs else {}
         metric = next((f"{k}={last[k]:.4g}" for k in ("val_accuracy", "val_r2", "val_loss", "train_loss")
                        if last.get(k) is not None), "–")
+        problems = getattr(r, "problems", None)
+        damage = (f"<br><span class='nbt-damaged' style='color:#cf222e'>damaged: "
+                  f"{html.escape('; '.join(problems))}</span>" if problems else "")
         rows.append(f"<tr><td>{html.escape(str(r.id))}</td><td>{html.escape(cfg.optimizer)} lr={cfg.lr:.3g}</td>"
                     f"<td>{len(r.epochs)}/{cfg.epochs}</td><td>{html.escape(metric)}</td>"
-                    f"<td>{html.escape(r.status)}</td></tr>")
+                    f"<td>{html.escape(r.status)}{damage}</td></tr>")
     return ("<table><tr><th>run</th><th>config</th><th>epochs</th><th>last</th><th>status</th></tr>"
             + "".join(rows) + "</table>")
 

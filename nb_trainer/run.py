@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from .config import TrainConfig
 from .health.warning import HealthWarning
+from .tasks import TASK_TABLE, main_metric
 
 STATUSES = ("pending", "running", "paused", "finished", "stopped", "failed", "diverged", "interrupted")
 ENDED = ("finished", "stopped", "failed", "diverged", "interrupted")
@@ -97,7 +98,9 @@ class RunReading:
     def __repr__(self) -> str:
         last = self.last
         extra = ""
-        for key in ("val_accuracy", "val_r2", "val_loss", "train_loss"):
+        task = getattr(self, "task", "") or ""
+        for key in (main_metric(task)[0] if task in TASK_TABLE else "val_accuracy", "val_r2", "val_loss",
+                    "train_loss"):
             if last.get(key) is not None:
                 extra = f", {key}={last[key]:.4g}"
                 break
@@ -141,6 +144,11 @@ class Run(RunReading):
         self.parent = parent
         self.step = 0
         self.epoch = 0
+        self.skipped_steps = 0             # float16: optimizer steps the gradient scaler skipped
+        # lineage: {"id", "number", "epoch", "step"} of the run whose final weights this one started from
+        self.continued_from: Optional[dict] = None
+        self.final_state: Optional[dict] = None   # the weights it ended with (CPU), kept for continuing
+        self.final_epoch: Optional[int] = None    # the epoch those weights are from
         self.steps_per_epoch: Optional[int] = None
         self.best_epoch: Optional[int] = None
         self.best_val_loss: Optional[float] = None
@@ -199,6 +207,7 @@ class Run(RunReading):
             "warnings": [w.to_dict() for w in self.warnings],
             "changes": [dict(c) for c in self.changes],
             "note": self.note,
+            "continued_from": dict(self.continued_from) if self.continued_from else None,
             "best_epoch": self.best_epoch,
             "started_at": self.started_at,
             "ended_at": self.ended_at,

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import door
 from . import events as ev
 from .config import FIELDS, TrainConfig, check_names, describe_change
 from .callbacks import Callback
@@ -22,6 +23,8 @@ from .data import TaskInfo, make_source
 from .engine import VAL_BATCH, Engine, RunControl
 from .health.data_checks import check_outputs, merge_splits, preflight
 from .optim import dropout_defaults
+from .precision import check_precision
+from .schedules import needs_length
 from .run import Run
 from .step import evaluate as evaluate_batches
 from .tasks import TASKS
@@ -33,13 +36,7 @@ TASK_CHOICES = ("auto",) + TASKS
 _TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
 
-def resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+resolve_device = door.resolve_device
 
 
 class Trainer:
@@ -77,12 +74,14 @@ class Trainer:
                  device="auto", seed: int = 0, store: Optional[str] = ".nb_trainer",
                  diagnostics: bool = True, target: Optional[str] = None, inputs: Optional[int] = None,
                  step=None, **defaults: Any):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        door.check_model(model)
         if task not in TASK_CHOICES:
             raise ValueError(f"task={task!r} is not accepted: use one of {', '.join(map(repr, TASK_CHOICES))}")
         check_names(defaults)
         self.defaults = TrainConfig.from_dict({**defaults, "seed": defaults.get("seed", seed)})
+        door.check_store(store)
+        door.check_data(train, "train")
+        door.check_data(val, "val")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.train_data = make_source(train, "train", self.device, model)
@@ -152,26 +151,39 @@ class Trainer:
         base = self.current.config if self.current is not None else self.defaults
         return TrainConfig.from_dict(changes, base=base)
 
-    def start(self, config: Optional[TrainConfig] = None, *, note: Optional[str] = None, **changes: Any) -> Run:
+    def start(self, config: Optional[TrainConfig] = None, from_run=None, *, note: Optional[str] = None,
+              **changes: Any) -> Run:
         """Start a new run from the initial weights; returns at once.
 
         ``changes`` are ``TrainConfig`` fields applied over the previous run's
         config (or the Trainer's defaults). A running run is stopped first.
         Bad values raise ``ValueError`` here, before anything stops.
+
+        ``from_run`` continues a run instead of starting from the initial weights:
+        its number in :attr:`runs` (1 is the first), a :class:`Run`, or a stored
+        record from ``nbt.load_runs`` (also of an earlier kernel). The new run
+        starts from that run's final weights, with a fresh optimizer and schedule.
         ``note``: what the run is for (default: what changed since the previous run).
         """
+        door.check_config_arg(config)
+        door.check_trainable(self.model)
         if config is None:
             config = self.config(**changes)
         elif changes:
             config = config.replace(**changes)
+        self._check_runnable(config)
         with self._lock:
             self._cancel_debounce()
             self.stop()
             self.wait()
+            start_state, lineage = self._continuation(from_run)
             previous = self.current
             if note is None:
                 note = "first run" if previous is None else describe_change(previous.config, config)
+                if lineage is not None:
+                    note = f"continues {lineage['label']}" + ("" if note == "same config" else f"; {note}")
             run = Run(config, task=self.task, parent=previous, note=note)
+            run.continued_from = lineage
             control = RunControl()
             callbacks = list(self.callbacks)
             if self.diagnostics:
@@ -182,12 +194,72 @@ class Trainer:
                             callbacks=callbacks, data_warnings=self.data_warnings,
                             dropout_p=self._dropout_p, diagnostics=self.diagnostics,
                             targets=self._train_targets)
+            if start_state is not None:
+                engine.start_state = start_state
             run.status = "running"
             self.runs.append(run)
+            self._forget_final_states()
             self._control = control
             self._thread = threading.Thread(target=engine.run, name=f"nbt-run-{run.id}", daemon=True)
             self._thread.start()
             return run
+
+    KEEP_FINAL_STATES = 5  # runs whose final weights stay in memory for continuing (older ones: the store)
+
+    def _forget_final_states(self) -> None:
+        for old in self.runs[:-self.KEEP_FINAL_STATES - 1]:
+            old.final_state = None
+
+    def _continuation(self, from_run) -> tuple:
+        """``(weights, lineage)`` of the run to continue, or ``(None, None)``; a clear error when it cannot."""
+        if from_run is None:
+            return None, None
+        if isinstance(from_run, bool):
+            raise TypeError(f"from_run={from_run!r} is not accepted: give a run number, a Run, or a stored record")
+        if isinstance(from_run, int):
+            if not 1 <= from_run <= len(self.runs):
+                have = f"runs #1 to #{len(self.runs)}" if self.runs else "no runs yet"
+                raise ValueError(f"from_run={from_run} is not a run of this Trainer: it has {have}")
+            from_run = self.runs[from_run - 1]
+        if isinstance(from_run, Run):
+            number = next((i + 1 for i, r in enumerate(self.runs) if r is from_run), None)
+            label = f"#{number}" if number else f"run {from_run.id}"
+            if not from_run.done:
+                raise ValueError(f"from_run: {label} is still training; stop it or wait for it first")
+            state = from_run.final_state
+            if state is None and self.store is not None and hasattr(self.store, "final_weights"):
+                state = self.store.final_weights(from_run.id)
+            if state is None:
+                why = ("it failed before training" if from_run.status == "failed" else
+                       f"only the last {self.KEEP_FINAL_STATES} runs' weights are kept in memory, and there is no "
+                       "store to read them from")
+                raise ValueError(f"from_run: {label} has no final weights to continue from ({why})")
+            epoch = from_run.final_epoch if from_run.final_epoch is not None else len(from_run.epochs)
+            lineage = {"id": from_run.id, "number": number, "epoch": epoch, "step": from_run.step,
+                       "label": label}
+        elif hasattr(from_run, "final_state_dict") and hasattr(from_run, "id"):
+            state = from_run.final_state_dict()   # a stored record, also of an earlier kernel
+            epoch = getattr(from_run, "final_epoch", None) or len(getattr(from_run, "epochs", []))
+            lineage = {"id": from_run.id, "number": None, "epoch": epoch,
+                       "step": getattr(from_run, "steps", None) or 0, "label": f"run {from_run.id}"}
+        else:
+            raise TypeError(f"from_run={from_run!r} is not accepted: give a run number (1 is the first), a Run "
+                            "of this Trainer, or a record from nbt.load_runs()")
+        mine = self.model.state_dict()
+        bad = [k for k in mine if k not in state or tuple(state[k].shape) != tuple(mine[k].shape)]
+        if bad or len(state) != len(mine):
+            raise ValueError(f"from_run: {lineage['label']}'s weights do not fit this model "
+                             f"(e.g. {(bad or sorted(set(state) - set(mine)))[0]!r}): it was trained on another "
+                             "architecture")
+        return {k: v.to(mine[k].device) for k, v in state.items()}, lineage
+
+    def _check_runnable(self, config: TrainConfig) -> None:
+        """Refuse, in the caller's thread, a config this Trainer's device or data cannot run."""
+        check_precision(config.precision, self.device)
+        if needs_length(config) and self.train_data.num_batches(config.batch_size) is None:
+            raise ValueError(f"schedule={config.schedule!r} with warmup={config.warmup:g} needs the number of steps "
+                             "in a run, and the training data is a stream without a length: use "
+                             "schedule='constant' or 'plateau' with warmup=0")
 
     def stop(self) -> None:
         """Ask the current run to stop at its next step (does not wait)."""
@@ -246,10 +318,11 @@ class Trainer:
         Repeated calls within ``delay`` merge their changes and start one run,
         which is what a dragged slider needs.
         """
+        door.check_delay(delay)
         with self._lock:
             pending = getattr(self, "_pending_changes", {}) if self._debounce is not None else {}
             merged = {**pending, **changes}
-            self.config(**merged)  # raises now, in the caller's thread, on a bad value
+            self._check_runnable(self.config(**merged))  # raises now, in the caller's thread, on a bad value
             self._cancel_debounce()
             if self._control is not None and self.running:
                 self._control.request_stop()  # stop at once; start after the quiet period

@@ -99,6 +99,7 @@ class Layout:
     pass_keys: Optional[tuple] = None     # dict: the keys given to forward (None: all of them)
     positional_key: Optional[str] = None  # dict: the one key given positionally (forward(x) and one input)
     labels_key: Optional[str] = None      # dict / tensor: the target is also given to forward under this name
+    target_is_input: bool = False         # dict: the target is an input too (a causal LM's input_ids)
 
     def describe(self) -> str:
         if self.kind == "pair":
@@ -190,7 +191,7 @@ def _dict_layout(sig: Signature, batch: Mapping, target: Optional[str], causal_l
         if causal_lm and "input_ids" in batch:
             # a causal LM is its own target: the labels are the input ids (it shifts them)
             return Layout("dict", target_key="input_ids", pass_keys=passed,
-                          labels_key="labels" if sig.takes("labels") else None)
+                          labels_key="labels" if sig.takes("labels") else None, target_is_input=True)
         raise ValueError("each batch is a dict with keys " + ", ".join(repr(k) for k in keys)
                          + "; none is a target (looked for " + ", ".join(repr(k) for k in TARGET_KEYS)
                          + "): pass target='<key>', or step=fn(model, batch)")
@@ -270,7 +271,7 @@ class Step:
             if lay.positional_key is not None:
                 return (batch[lay.positional_key],), {}, y, None
             keys = batch.keys() if lay.pass_keys is None else lay.pass_keys
-            kwargs = {k: batch[k] for k in keys if k != lay.target_key and k in batch}
+            kwargs = {k: batch[k] for k in keys if (k != lay.target_key or lay.target_is_input) and k in batch}
             if lay.labels_key and self.use_model_loss:
                 # the model computes its own loss from the labels (Hugging Face); with our loss it
                 # need not, and is not given them
@@ -351,11 +352,12 @@ def check_step_result(result: StepResult, what: str) -> None:
         raise TypeError(f"{what} gave a loss of dtype {loss.dtype}; it must be a floating-point tensor")
 
 
-def evaluate(step: Step, model, batches, task, device, prefix: str = "val_") -> dict:
+def evaluate(step: Step, model, batches, task, device, prefix: str = "val_", autocast=None) -> dict:
     """Loss and task metrics of ``model`` over ``batches`` (eval mode, no gradients).
 
-    ``task``: a :class:`~nb_trainer.data_task.TaskInfo`. The loss is the mean over
-    examples (each batch weighted by its size); causal LMs also get perplexity.
+    ``task``: a :class:`~nb_trainer.data.TaskInfo`. The loss is the mean over examples
+    (each batch weighted by its size); causal LMs also get perplexity. ``autocast``: a
+    context-manager factory (the run's mixed precision), or None.
     """
     was_training = model.training
     model.eval()
@@ -365,12 +367,17 @@ def evaluate(step: Step, model, batches, task, device, prefix: str = "val_") -> 
     try:
         with torch.no_grad():
             for batch in batches:
-                r = step(model, batch)
+                if autocast is None:
+                    r = step(model, batch)
+                else:
+                    with autocast():
+                        r = step(model, batch)
                 batch_loss = r.loss.detach().float() * r.n
                 loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
                 n += r.n
                 if acc is not None and r.pred is not None:
-                    acc.update(r.pred, r.target)
+                    acc.update(r.pred.float() if r.pred.dtype in (torch.float16, torch.bfloat16) else r.pred,
+                               r.target)
     finally:
         model.train(was_training)
     loss = float(loss_sum) / n if n else float("nan")

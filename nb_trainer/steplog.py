@@ -31,6 +31,7 @@ class NormSampler:
     def __init__(self, params: list, device):
         self.params = params
         self.stride = 1
+        self.stride_fixed = False   # keep every step's norm (float16: a skipped step shows in it)
         self._zero = torch.zeros((), device=device)
         self._seconds = 0.0
         self._t0 = 0.0
@@ -61,7 +62,7 @@ class NormSampler:
     def step_done(self, step: int) -> None:
         """``step``: steps done so far. At the end of the timed window, choose the stride."""
         start, end = NORM_CALIBRATION
-        if step != end:
+        if step != end or self.stride_fixed:
             return
         steps = end - start
         step_seconds = (time.perf_counter() - self._t0) / steps
@@ -77,20 +78,22 @@ class PendingSteps:
         self.layers: list = []    # per sampled step: the list of per-parameter gradient norms
         self.sampled: list = []   # which pending steps have norms (indices into losses)
         self.sizes: list = []     # examples per step
+        self.lrs: list = []       # the lr each step was taken with (a schedule moves it every step)
 
     def __len__(self) -> int:
         return len(self.losses)
 
-    def add(self, loss: torch.Tensor, layer_norms, size: int) -> None:
+    def add(self, loss: torch.Tensor, layer_norms, size: int, lr: float) -> None:
         self.losses.append(loss.detach())
         if layer_norms is not None:
             self.layers.append(layer_norms)
             self.sampled.append(len(self.losses) - 1)
         self.sizes.append(size)
+        self.lrs.append(lr)
 
     def read(self, latest_norms) -> tuple:
         """Bring everything to the host in one transfer: ``(losses, sampled, norms, per_layer,
-        sizes)``. ``latest_norms()``: the norms of the latest step, taken when it was not sampled
+        sizes, lrs)``. ``latest_norms()``: the norms of the latest step, taken when it was not sampled
         (its gradients are still in place), so the history always ends at the latest step."""
         n = len(self.losses)
         if not self.sampled or self.sampled[-1] != n - 1:
@@ -103,6 +106,6 @@ class PendingSteps:
         flat = torch.cat([losses_t, torch.linalg.vector_norm(layers, dim=1), layers.reshape(-1)]).tolist()
         width = layers.shape[1]
         per_layer = [flat[n + m + i * width:n + m + (i + 1) * width] for i in range(m)]
-        out = (flat[:n], self.sampled, flat[n:n + m], per_layer, self.sizes)
+        out = (flat[:n], self.sampled, flat[n:n + m], per_layer, self.sizes, self.lrs)
         self.__init__()
         return out

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from . import door
 from .data import TaskInfo, cat_batches, infer_task, slice_batch
 from .metrics import LOSSES, per_example, resolve_loss
 from .tasks import task_of
@@ -129,11 +130,14 @@ def wire(model: torch.nn.Module, train_batches: list, val_batches: Optional[list
                              f"loss={loss!r} cannot be weighted per example: use one of "
                              + ", ".join(k for k in LOSSES if per_example(k)) + ", or step=")
     built = Step(layout, loss_fn=loss_fn, use_model_loss=use_model_loss, custom=step, weighted_loss=weighted)
-    if loss_from in ("user", "model"):
-        # the user's loss callable (or the model's own) must give one number: found here, not in autograd
+    if loss_from == "user":
+        # the user's loss callable must give one number: found here, not in autograd
+        two = slice_batch(first, 2)
+        out2 = _run_model(model, lambda: looking.forward(model, two), "training", layout)
+        door.check_loss(loss, loss_fn, output_parts(out2)[0], looking.split(two)[2])
+    elif loss_from == "model":
         result = _run_model(model, lambda: built(model, probe), "training", layout)
-        check_step_result(result, "loss=" + getattr(loss, "__name__", type(loss).__name__)
-                          if loss_from == "user" else "the model's own loss output")
+        check_step_result(result, "the model's own loss output")
     if val_batches:
         vprobe = slice_batch(val_batches[0], PROBE_EXAMPLES)
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nb_trainer.store import DB_NAME, load_runs
+from nb_trainer.store import DB_NAME, load_runs, load_weights
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,10 @@ def test_a_kernel_killed_mid_run_reads_back_interrupted_with_its_epochs(tmp_path
     assert run["epochs"][: len(zombie_view.epochs)] == zombie_view.epochs
     assert all(isinstance(e["train_loss"], float) and "val_loss" in e for e in run["epochs"])
     assert _integrity(store / DB_NAME) == "ok"
+    # no weights (they are saved at a run's end), and the error says why, not "(status 'running')"
+    with pytest.raises(FileNotFoundError, match="it was interrupted") as info:
+        load_weights(store, run["id"])
+    assert "'running'" not in str(info.value)
 
 
 def test_two_kernels_write_one_store_at_once(tmp_path):
@@ -162,3 +166,55 @@ def test_two_kernels_write_one_store_at_once(tmp_path):
         assert o["status"] == "finished" and rec.status == "finished"
         assert rec.epochs == o["epochs"] and len(rec.epochs) == 30
     assert _integrity(store / DB_NAME) == "ok"
+
+
+# -- continuing, in a new process, a run of an earlier one (the store only) ---------------------------
+
+CONTINUE = textwrap.dedent("""
+    import json, sys
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    import nb_trainer as nbt
+
+    store, phase = sys.argv[1], sys.argv[2]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    torch.manual_seed(0)              # the same architecture and initial weights in both processes
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    t = nbt.Trainer(model, (x[:384], y[:384]), (x[384:], y[384:]), store=store, diagnostics=False)
+    if phase == "train":
+        for epochs in (2, 6):         # run #2 is the one to continue: not the store's last by accident
+            run = t.start(epochs=epochs, lr=0.01, batch_size=32)
+            t.wait()
+        # the loss of the final weights on the training data, and the first epoch's
+        print(json.dumps({"id": run.id, "final_loss": t.evaluate((x[:384], y[:384]))["loss"],
+                          "first_loss": run.epochs[0]["train_loss"]}))
+    else:
+        record = next(r for r in nbt.load_runs(store) if r.id == sys.argv[3])
+        run = t.start(from_run=record, epochs=2, lr=0.001, batch_size=32)
+        t.wait()
+        print(json.dumps({"status": run.status, "continued_from": run.continued_from,
+                          "first_loss": run.epochs[0]["train_loss"],
+                          "stored": nbt.load_runs(store)[-1].continued_from}))
+""")
+
+
+def test_a_run_continued_in_a_new_process_starts_at_the_stored_runs_final_loss(tmp_path):
+    store = str(tmp_path / "store")
+    first = subprocess.run([sys.executable, "-c", CONTINUE, store, "train"], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert first.returncode == 0, first.stderr
+    parent = json.loads(first.stdout.strip().splitlines()[-1])
+    second = subprocess.run([sys.executable, "-c", CONTINUE, store, "continue", parent["id"]], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert second.returncode == 0, second.stderr
+    child = json.loads(second.stdout.strip().splitlines()[-1])
+    assert child["status"] == "finished"
+    assert child["continued_from"]["id"] == parent["id"] and child["continued_from"]["epoch"] == 6
+    assert child["stored"]["id"] == parent["id"]           # the lineage is in the store too
+    # it starts where the parent ended (its first epoch, at a small lr, is at the loss of the parent's final
+    # weights), far below where the parent started
+    assert child["first_loss"] == pytest.approx(parent["final_loss"], rel=0.15)
+    assert child["first_loss"] < parent["first_loss"] / 2

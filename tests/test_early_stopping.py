@@ -102,3 +102,65 @@ def test_early_stopping_on_a_real_overfitting_run(small_digits, make_mlp):
     assert len(run.epochs) == run.best_epoch + 3
     assert _same(t.model.state_dict(), keep.states[run.best_epoch])
     assert t.evaluate()["loss"] == pytest.approx(min(losses), rel=1e-5)
+
+
+# -- the callback alone, on scripted val losses (no training), as keras' early_stopping_test ----
+
+class ScriptedEngine:
+    """What EarlyStopping reads and calls on the engine."""
+
+    def __init__(self, epochs):
+        self.config = nbt.TrainConfig(epochs=epochs)
+        self.stopped = None
+        self.restored = 0
+
+    def request_stop(self, reason):
+        self.stopped = reason
+
+    def restore_best(self):
+        self.restored += 1
+
+
+def _feed(losses, patience, epochs=None, key="val_loss"):
+    from nb_trainer.callbacks import EarlyStopping
+    from nb_trainer.run import Run
+    cb = EarlyStopping(patience)
+    engine = ScriptedEngine(epochs or len(losses))
+    run = Run(engine.config)
+    cb.on_run_start(run, engine)
+    for epoch, value in enumerate(losses, 1):
+        cb.on_epoch_end(run, engine, {"epoch": epoch, key: value})
+        if engine.stopped:
+            return epoch, engine, run, cb
+    return None, engine, run, cb
+
+
+@pytest.mark.parametrize("losses,patience,stops_at,best", [
+    ([1.0, 0.9, 0.8, 0.7], 2, None, 4),               # always improving: never stops
+    ([1.0, 0.9, 0.95, 0.96], 2, 4, 2),                # two epochs without a better loss after epoch 2
+    ([1.0, float("nan"), 1.1, 1.2], 3, 4, 1),         # NaN is never an improvement
+    ([0.5, 0.5, 0.5, 0.5, 0.5], 3, 4, 1),             # equal is not better
+])
+def test_scripted_sequences(losses, patience, stops_at, best):
+    stopped, engine, run, cb = _feed(losses, patience, epochs=10)
+    assert stopped == stops_at
+    assert cb.best_epoch == best
+    if stops_at:
+        assert engine.restored == 1 and f"epoch {best}" in engine.stopped
+
+
+def test_patience_running_out_on_the_last_epoch_finishes_with_the_best_weights():
+    stopped, engine, run, _ = _feed([1.0, 0.8, 0.9, 0.95], patience=2, epochs=4)
+    assert stopped is None and engine.restored == 1
+    assert "early stopping" in run.stop_reason and "epoch 2" in run.stop_reason
+
+
+def test_it_watches_the_train_loss_without_val_data():
+    stopped, *_ = _feed([1.0, 0.9, 0.95, 0.99], patience=2, epochs=10, key="train_loss")
+    assert stopped == 4
+
+
+def test_a_patience_below_one_is_refused():
+    from nb_trainer.callbacks import EarlyStopping
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(0)

@@ -126,7 +126,7 @@ def dropdown_value(model: dict) -> str:
 
 
 # -- the demo notebooks --------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_regression.ipynb"])
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_regression.ipynb", "04_your_model.ipynb"])
 def test_demo_notebooks_are_stored_without_outputs(name):
     nb = nbformat.read(str(DEMOS / name), as_version=4)
     nbformat.validate(nb)
@@ -240,6 +240,27 @@ def test_regression_demo_runs_in_a_real_kernel(kernel_env, tmp_path):
     assert one(state, "nbt-dropout")["state"]["disabled"]        # no nn.Dropout in this model
     assert "no nn.Dropout" in one(state, "nbt-dropout")["state"]["tooltip"]
     assert image_bytes(one(state, "nbt-plot")).startswith(PNG_MAGIC)
+    _check_no_stray_figures(nb)
+    _check_store(work)
+
+
+@pytest.mark.slow
+def test_your_model_demo_trains_a_transformer_and_a_custom_step_in_the_panel(kernel_env, tmp_path):
+    pytest.importorskip("transformers")
+    work = _copy_demo("04_your_model.ipynb", tmp_path)
+    ex = execute(work / "04_your_model.ipynb", work)
+    nb = ex.nb
+    first = ex.text(_code_index(nb, "run = t.wait()"))
+    assert first.startswith("finished") and "loss from: model" in first and "target 'labels'" in first, first
+    accs = [float(v) for v in re.search(r"by epoch: \[([^\]]+)\]", first).group(1).split(",")]
+    assert accs[-1] > 0.8, first                  # the transformer learnt the rule
+    second = ex.text(_code_index(nb, "run2 = t2.start"))
+    assert second.startswith("finished") and "loss from: step" in second, second
+    assert float(re.search(r"val accuracy: ([0-9.]+)", second).group(1)) > 0.8, second
+    state = models(nb.metadata)
+    assert len(by_class(state, "nbt-panel")) == 2
+    for plot in by_class(state, "nbt-plot"):
+        assert image_bytes(plot).startswith(PNG_MAGIC), "a panel showed no frame"
     _check_no_stray_figures(nb)
     _check_store(work)
 

@@ -20,10 +20,12 @@ def headless_modules() -> list[str]:
     """The modules that must not need a notebook: the core, health and its submodules,
     and store / lr_finder once those files exist."""
     names = ["nb_trainer.config", "nb_trainer.data", "nb_trainer.metrics", "nb_trainer.engine",
-             "nb_trainer.events", "nb_trainer.run", "nb_trainer.session", "nb_trainer.health"]
+             "nb_trainer.events", "nb_trainer.run", "nb_trainer.session", "nb_trainer.health",
+             "nb_trainer.step", "nb_trainer.tasks", "nb_trainer.wiring", "nb_trainer.callbacks",
+             "nb_trainer.optim", "nb_trainer.probes", "nb_trainer.checkpoints", "nb_trainer.steplog"]
     names += sorted(f"nb_trainer.health.{p.stem}" for p in (PACKAGE / "health").glob("*.py")
                     if p.stem != "__init__")
-    names += [f"nb_trainer.{m}" for m in ("store", "lr_finder")
+    names += [f"nb_trainer.{m}" for m in ("store", "lr_finder", "door")
               if (PACKAGE / f"{m}.py").exists() or (PACKAGE / m / "__init__.py").exists()]
     return names + ["nb_trainer"]
 
@@ -126,3 +128,16 @@ def test_the_import_scan_sees_imports_in_if_and_try_blocks():
     tree = ast.parse("import os\nif True:\n    import IPython\ntry:\n    from ipywidgets import Box\n"
                      "except ImportError:\n    import json\ndef f():\n    import IPython.display\n")
     assert _top_level_imports(tree) == ["os", "IPython", "ipywidgets", "json"]
+
+
+def test_the_callback_base_and_the_task_table_need_no_torch():
+    # the store and the renderer process read them; neither may pay torch's import
+    code = BLOCKER.replace(repr(FORBIDDEN), repr(("torch",))) + textwrap.dedent("""
+        import importlib.util, sys
+        for name in ("nb_trainer.tasks", "nb_trainer.callbacks.base", "nb_trainer.callbacks.early_stopping"):
+            importlib.import_module(name)
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr

@@ -95,6 +95,23 @@ def test_expressions_and_no_val(ip):
     assert "train_loss" in run.epochs[-1] and "val_loss" not in run.epochs[-1]
 
 
+def test_step_target_and_inputs_options_reach_the_trainer(ip):
+    import torch
+    shell, made = ip
+    (x, y) = shell.user_ns["train"]
+    shell.user_ns["rows"] = {"pixels": x, "digit": y}
+    shell.user_ns["my_step"] = lambda m, b: torch.nn.functional.cross_entropy(m(b["pixels"]), b["digit"])
+    with capture_output():
+        t = nbtrain(shell, made, "model rows --step my_step --epochs 1 --no-panel --store none")
+        t2 = nbtrain(shell, made, "model rows --target digit --epochs 1 --no-panel --no-start --store none")
+        t3 = nbtrain(shell, made, "model train --inputs 1 --no-panel --no-start --store none")
+    assert t.wait(timeout=30).status == "finished" and t.loss_from == "step"
+    assert t2.layout.target_key == "digit" and t2.task == "classification"
+    assert t3.layout.n_inputs == 1
+    for name in ("rows", "my_step"):
+        shell.user_ns.pop(name)
+
+
 @pytest.mark.parametrize("line, words", [
     ("nosuchmodel train val --no-start", ["nosuchmodel", "MODEL", "not a name"]),
     ("model nosuchdata val --no-start", ["nosuchdata", "TRAIN"]),
@@ -103,6 +120,9 @@ def test_expressions_and_no_val(ip):
     ("model train val --optimizer foo --no-start", ["optimizer", "'foo'", "'sgd'", "'adam'", "'rmsprop'"]),
     ("model train val --batch_size 0 --no-start", ["batch_size", "0", ">= 1"]),
     ("model train val --epochs 2.5 --no-start", ["epochs", "an integer"]),
+    ("model train val --epochs 1e30 --no-start", ["epochs", "<= 100000"]),
+    ("model train val --epochs inf --no-start", ["epochs", "an integer"]),
+    ("model train val --weight_decay 1e300 --no-start", ["weight_decay", "<= 100", "cannot train"]),
     ("model train val --task clustering --no-start", ["clustering", "classification", "regression"]),
     ("model train val --bogus 1 --no-start", ["bogus"]),
     ("", ["model", "train"]),
@@ -173,6 +193,44 @@ def test_nbruns_all_reads_the_store(ip, tmp_path):
         shell.run_line_magic("nbruns", f"--all --store {tmp_path / 'store'}")
     html = "".join(o.data.get("text/html", "") for o in out.outputs)
     assert "finished" in html and "<tr>" in html
+
+
+@pytest.mark.parametrize("text, value", [("1e3", 1000), ("1000", 1000), ("2.0", 2), ("5E1", 50)])
+def test_integer_options_take_what_the_python_api_takes(ip, text, value):
+    shell, made = ip
+    with capture_output():
+        t = nbtrain(shell, made, f"model train val --epochs {text} --patience {text} --no-start --no-panel "
+                                 "--store none")
+    assert t.config().epochs == value and t.config().patience == value
+    assert nbt.TrainConfig(epochs=float(text)).epochs == value         # the same as the API
+
+
+def test_nbruns_all_shows_damaged_runs_and_refuses_a_damaged_database(ip, tmp_path):
+    import sqlite3
+    from nb_trainer.store import DB_NAME, StoreWarning
+    shell, made = ip
+    store = tmp_path / "store"
+    with capture_output():
+        t = nbtrain(shell, made, f"model train val --epochs 2 --store {store}")
+    t.wait(timeout=30)
+    with capture_output():
+        t.start(epochs=1, lr=0.01)
+    t.wait(timeout=30)
+    damaged, sound = t.runs[0].id, t.runs[1].id
+    with sqlite3.connect(store / DB_NAME) as conn:
+        conn.execute("UPDATE epochs SET record='{not json' WHERE run_id=? AND epoch=1", (damaged,))
+        conn.execute("UPDATE runs SET note='<script>alert(1)</script>' WHERE id=?", (damaged,))
+    conn.close()
+    with capture_output() as out, pytest.warns(StoreWarning, match=damaged):
+        shell.run_line_magic("nbruns", f"--all --store {store}")
+    html = "".join(o.data.get("text/html", "") for o in out.outputs)
+    assert damaged in html and sound in html and "damaged: the record of epoch 1 is not valid JSON" in html
+    assert "<script>" not in html
+    (store / DB_NAME).write_bytes(b"this is not a database at all" * 100)
+    with capture_output(), pytest.raises(UsageError, match=r"%nbruns --all: .*cannot be used.*move the file away"):
+        shell.run_line_magic("nbruns", f"--all --store {store}")
+    with capture_output(), pytest.raises(UsageError, match="no run store"):
+        shell.run_line_magic("nbruns", f"--all --store {tmp_path / 'nowhere'}")
 
 
 def test_unload_removes_the_magics_and_stops_training(ip):

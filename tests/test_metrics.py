@@ -242,3 +242,67 @@ def test_target_ids_outside_the_classes_are_left_out():
     got = _feed(ClassificationMetrics(c, "cpu"), logits, y)
     want = _sk_classification(y[keep].numpy(), logits[keep].argmax(1).numpy())
     assert got == pytest.approx(want, **APPROX)
+
+
+# -- tasks beyond one label per row ----------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["classes last (N, T, C)", "classes second (N, C, H, W)"])
+def test_per_position_classification_ignores_minus_100_and_equals_sklearn(layout):
+    from nb_trainer.metrics import cross_entropy
+    g = torch.Generator().manual_seed(3)
+    c = 5
+    if layout.startswith("classes last"):
+        logits = torch.randn(60, 9, c, generator=g)
+        y = torch.randint(0, c, (60, 9), generator=g)
+        flat_logits = logits.reshape(-1, c)
+    else:
+        logits = torch.randn(60, c, 4, 3, generator=g)
+        y = torch.randint(0, c, (60, 4, 3), generator=g)
+        flat_logits = logits.movedim(1, -1).reshape(-1, c)
+    y[::3] = -100
+    got = _feed(ClassificationMetrics(c, "cpu"), logits, y, batch=7)
+    keep = y.reshape(-1) != -100
+    want = _sk_classification(y.reshape(-1)[keep].numpy(), flat_logits.argmax(1)[keep].numpy())
+    assert got == pytest.approx(want, **APPROX)
+    # the loss is torch's over the kept positions
+    assert float(cross_entropy(logits, y)) == pytest.approx(
+        float(F.cross_entropy(flat_logits[keep], y.reshape(-1)[keep])), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multilabel_metrics_equal_sklearn_with_a_label_never_present(seed):
+    from nb_trainer.metrics import MultilabelMetrics
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(200, 6, generator=g)
+    y = (torch.rand(200, 6, generator=g) > 0.6).float()
+    y[:, 4] = 0
+    logits[:, 4] = -5.0  # label 4: no positive target, no positive prediction
+    got = _feed(MultilabelMetrics("cpu"), logits, y)
+    pred, true = (logits > 0).int().numpy(), y.int().numpy()
+    kw = dict(average="macro", zero_division=0)
+    want = {"val_accuracy": skm.accuracy_score(true, pred), "val_precision": skm.precision_score(true, pred, **kw),
+            "val_recall": skm.recall_score(true, pred, **kw), "val_f1": skm.f1_score(true, pred, **kw)}
+    assert got == pytest.approx(want, **APPROX)
+
+
+def test_next_token_accuracy_reads_the_shifted_positions_and_skips_minus_100():
+    from nb_trainer.metrics import NextTokenMetrics, causal_lm_loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20, 8, 11, generator=g)
+    labels = torch.randint(0, 11, (20, 8), generator=g)
+    labels[:, -2:] = -100
+    got = _feed(NextTokenMetrics("cpu"), logits, labels, batch=6)
+    pred = logits[:, :-1].argmax(-1).reshape(-1)
+    true = labels[:, 1:].reshape(-1)
+    keep = true != -100
+    assert got["val_accuracy"] == pytest.approx(skm.accuracy_score(true[keep].numpy(), pred[keep].numpy()))
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, 11)[keep], true[keep])
+    assert float(causal_lm_loss(logits, labels)) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_one_hot_float_targets_are_scored_as_their_class():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(100, 4, generator=g)
+    ids = torch.randint(0, 4, (100,), generator=g)
+    got = _feed(ClassificationMetrics(4, "cpu"), logits, F.one_hot(ids, 4).float())
+    assert got == pytest.approx(_sk_classification(ids.numpy(), logits.argmax(1).numpy()), **APPROX)

@@ -39,6 +39,19 @@ def test_controls_cover_every_config_field(trainer):
     assert panel.controls["weight_decay"].value == 0.0  # the "off" position
 
 
+def test_recipe_controls_restart_with_their_values_and_float16_is_not_offered_on_a_cpu(trainer):
+    panel = trainer.panel()
+    assert "16" not in panel.controls["precision"].options and "bf16" in panel.controls["precision"].options
+    panel.controls["schedule"].value = "onecycle"
+    assert wait_until(lambda: len(trainer.runs) == 1, timeout=5)
+    trainer.wait()
+    panel.controls["accumulate"].value = 2
+    assert wait_until(lambda: len(trainer.runs) == 2, timeout=5)
+    run = trainer.wait()
+    assert (run.config.schedule, run.config.accumulate) == ("onecycle", 2)
+    assert run.steps_per_epoch == 2   # 256 examples, batches of 64, 2 a step
+
+
 def test_lr_slider_spans_the_documented_range(trainer):
     lr = trainer.panel().controls["lr"]
     assert 10 ** lr.min == pytest.approx(1e-5) and 10 ** lr.max == pytest.approx(1.0)

@@ -11,7 +11,7 @@ import math
 
 import ipywidgets as W
 
-from ..config import FIELDS, OPTIMIZERS, TrainConfig
+from ..config import FIELDS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
 _STYLE = {"description_width": "110px"}
 _LAYOUT = {"width": "340px"}
@@ -49,8 +49,10 @@ def _off_log_slider(name: str, value: float) -> W.SelectionSlider:
                              continuous_update=False, style=_STYLE, layout=_LAYOUT, tooltip=spec.help)
 
 
-def build_controls(config: TrainConfig, has_dropout: bool, model_dropout: float | None) -> dict:
-    """``{field name: widget}`` showing ``config``."""
+def build_controls(config: TrainConfig, has_dropout: bool, model_dropout: float | None,
+                   cuda: bool = False) -> dict:
+    """``{field name: widget}`` showing ``config``. ``cuda``: the Trainer's device is a GPU
+    (float16 precision is offered only there)."""
     c: dict[str, W.Widget] = {}
     spec = FIELDS["lr"]
     c["lr"] = W.FloatLogSlider(value=config.lr, base=10, min=math.log10(spec.slider_low),
@@ -89,6 +91,21 @@ def build_controls(config: TrainConfig, has_dropout: bool, model_dropout: float 
                                 layout=_LAYOUT, tooltip=spec.help)
     c["seed"] = W.BoundedIntText(value=config.seed, min=0, max=2**31 - 1, description="seed",
                                  style=_STYLE, layout=_LAYOUT, tooltip=FIELDS["seed"].help)
+    c["schedule"] = W.Dropdown(options=list(SCHEDULES), value=config.schedule, description="lr schedule",
+                               style=_STYLE, layout=_LAYOUT, tooltip=FIELDS["schedule"].help)
+    spec = FIELDS["warmup"]
+    c["warmup"] = W.FloatSlider(value=config.warmup, min=spec.slider_low, max=spec.slider_high, step=0.05,
+                                description=spec.label, continuous_update=False, style=_STYLE, layout=_LAYOUT,
+                                tooltip=spec.help)
+    spec = FIELDS["accumulate"]
+    steps = [(str(1 << k), 1 << k) for k in range(0, 7)]
+    c["accumulate"] = W.SelectionSlider(options=_with_value(steps, config.accumulate), value=config.accumulate,
+                                        description=spec.label, continuous_update=False, style=_STYLE,
+                                        layout=_LAYOUT, tooltip=spec.help)
+    precisions = [p for p in PRECISIONS if cuda or p != "16" or config.precision == "16"]
+    c["precision"] = W.Dropdown(options=precisions, value=config.precision, description="precision",
+                                style=_STYLE, layout=_LAYOUT,
+                                tooltip=FIELDS["precision"].help + ("" if cuda else " (no GPU here: 16 is not offered)"))
     for name, w in c.items():
         w.add_class(f"nbt-{name.replace('_', '-')}")
     return c

@@ -42,6 +42,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..tasks import TASK_TABLE
+
 MAX_POINTS = 2000      # per line, after decimation
 FAINT_RUNS = 3         # earlier runs drawn under the current one
 SNAPSHOT_VERSION = 1
@@ -49,11 +51,8 @@ STEP_SERIES = ("loss", "grad_norm", "lr")
 EPOCH_SERIES = ("val_loss", "metric")
 SERIES = STEP_SERIES + EPOCH_SERIES
 
-MAIN_METRIC = {
-    "classification": ("val_accuracy", "val accuracy"),
-    "binary": ("val_f1", "val F1"),
-    "regression": ("val_r2", "val R²"),
-}
+# the epoch-record name and axis title of each task's main metric, from the one task table
+MAIN_METRIC = {name: ("val_" + t.main, t.main_label) for name, t in TASK_TABLE.items()}
 
 _FAINT_ALPHA = (0.38, 0.24, 0.15)   # newest earlier run first
 _COLORS = {"loss": "tab:blue", "val_loss": "tab:orange", "metric": "tab:green",
@@ -237,7 +236,9 @@ def _run_snapshot(run, number: int, current: bool, metric: str, max_points: int,
     if entry.version is not None and entry.snap_key == key:
         return dict(entry.snap)
     cols = entry.cols
-    steps = cols["step"]
+    # a run continued from another is drawn from where its parent ended
+    offset = float((getattr(run, "continued_from", None) or {}).get("step") or 0)
+    steps = cols["step"] + offset if offset else cols["step"]
     out: dict[str, Any] = {
         "id": str(getattr(run, "id", number)), "number": number,
         "label": _label(run, number, current), "status": str(getattr(run, "status", "")),
@@ -246,13 +247,13 @@ def _run_snapshot(run, number: int, current: bool, metric: str, max_points: int,
     for name in STEP_SERIES:
         out[name] = _small(*decimate(steps, cols[name], max_points, drop_flat=True))
     numbers = np.array([e.get("epoch", i + 1) for i, e in enumerate(epochs)], dtype=np.float64)
-    ex = _epoch_steps(run, numbers, steps, cols["epoch"])
+    ex = _epoch_steps(run, numbers, cols["step"], cols["epoch"]) + offset
     for name, field in (("val_loss", "val_loss"), ("metric", metric)):
         y = np.array([_float(e.get(field)) for e in epochs], dtype=np.float64)
         out[name] = _small(*decimate(ex, y, max_points))
     per_epoch = getattr(run, "steps_per_epoch", None)
     planned = getattr(config, "epochs", None)
-    out["x_total"] = float(per_epoch * planned) if per_epoch and planned else None
+    out["x_total"] = float(per_epoch * planned) + offset if per_epoch and planned else None
     entry.snap_key, entry.snap = key, out
     return dict(out)
 

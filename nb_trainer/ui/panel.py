@@ -22,6 +22,8 @@ from ..config import LIVE_FIELDS, TrainConfig
 from . import status as S
 from .controls import build_controls, show_value
 
+RECIPE_FIELDS = ("schedule", "warmup", "accumulate", "precision")
+
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.5      # a new frame at most this often while a run trains
@@ -58,7 +60,14 @@ class Panel(W.VBox):
 
         config = self._shown_config()
         model_p = next(iter(trainer._dropout_p.values()), None)
-        self.controls = build_controls(config, trainer.has_dropout, model_p)
+        self.controls = build_controls(config, trainer.has_dropout, model_p,
+                                       cuda=getattr(trainer.device, "type", "cpu") == "cuda")
+        if getattr(trainer.train_data, "is_loader", False):
+            # a DataLoader batches the data itself: the slider would change nothing
+            loader_bs = getattr(trainer.train_data.data, "batch_size", None)
+            self.controls["batch_size"].disabled = True
+            self.controls["batch_size"].tooltip = (f"the DataLoader sets the batch size ({loader_bs}); "
+                                                   "use accumulate for larger effective batches")
         for name, widget in self.controls.items():
             widget.observe(lambda change, name=name: self._on_control(name, change["new"]), names="value")
 
@@ -132,6 +141,11 @@ class Panel(W.VBox):
                                     layout=W.Layout(width="80px"))
         self.csv_button = W.Button(description="CSV", icon="download", tooltip="write the run's epochs as CSV",
                                    layout=W.Layout(width="80px"))
+        self.continue_button = W.Button(description="Continue", icon="play",
+                                        tooltip="a new run from this run's final weights, with the current controls",
+                                        layout=W.Layout(width="100px"))
+        self.continue_button.add_class("nbt-continue")
+        self.continue_button.on_click(lambda _: self._guard(self._continue))
         self.code_button.on_click(lambda _: self._guard(self._show_code))
         self.csv_button.on_click(lambda _: self._guard(self._write_csv))
         self.export_text = W.Textarea(layout=W.Layout(width="640px", height="60px", display="none"))
@@ -147,9 +161,15 @@ class Panel(W.VBox):
 
         order = ["lr", "optimizer", "momentum", "weight_decay", "l1", "dropout", "batch_size", "epochs",
                  "grad_clip", "patience", "seed"]
+        # the recipes (schedule, warmup, accumulation, precision) fold away under the basics
+        self.recipes = W.Accordion(children=[W.VBox([self.controls[n] for n in RECIPE_FIELDS])],
+                                   titles=("schedule · accumulate · precision",), selected_index=None,
+                                   layout=W.Layout(width="350px"))
+        self.recipes.add_class("nbt-recipes")
         left = W.VBox([self.mode] + [self.controls[n] for n in order if n != "patience"]
                       + [W.HBox([self.early_stopping, self.controls["patience"]],
                                 layout=W.Layout(align_items="center"))]
+                      + [self.recipes]
                       + [W.HBox([self.buttons["start"], self.buttons["pause"], self.buttons["stop"]]),
                          W.HBox([self.buttons["reset"], self.buttons["lr_find"]])],
                       layout=W.Layout(width="360px", min_width="360px", flex="0 0 auto"))
@@ -161,7 +181,8 @@ class Panel(W.VBox):
                         layout=W.Layout(align_items="center", justify_content="flex-start"))
         lr_box = W.HBox([self.lr_plot, W.VBox([self.lr_text, self.use_lr])])
         runs_box = W.VBox([self.runs_table,
-                           W.HBox([self.run_select, self.code_button, self.csv_button]), self.export_text])
+                           W.HBox([self.run_select, self.continue_button, self.code_button, self.csv_button]),
+                           self.export_text])
         # column gaps of the runs table (its HTML has no padding; the widget has no table CSS)
         table_css = W.HTML("<style>.nbt-runs th, .nbt-runs td {padding: 1px 14px 1px 0; text-align: left}</style>",
                            layout=W.Layout(display="none"))
@@ -279,6 +300,10 @@ class Panel(W.VBox):
             if getattr(result, "noisy", False) else ""
         self.lr_text.value = f"suggested lr: <b>{result.suggestion:.2g}</b>{note}"
         self.use_lr.layout.display = None
+
+    def _continue(self) -> None:
+        run = self._selected_run()
+        self.trainer.start(from_run=run, **self.values())
 
     def _show_code(self) -> None:
         run = self._selected_run()

@@ -9,7 +9,7 @@ import math
 from typing import Optional, Sequence
 
 from ..config import format_value
-from ..metrics import MAIN_METRIC
+from ..tasks import main_metric
 
 STATUS_COLORS = {
     "pending": "#666", "running": "#1a7f37", "paused": "#9a6700", "finished": "#0550ae",
@@ -42,6 +42,8 @@ def progress(run) -> tuple[int, int, str]:
         text += f" · {rate:,.0f} steps/s"
     if run.status in ("running", "paused") and spe and rate:
         text += f" · ETA {_duration((total - done) / rate)}"
+    elif run.status in ("running", "paused") and not spe:
+        text += " · epoch length unknown (a stream): no ETA"
     elif run.ended_at:
         text += f" · took {_duration(elapsed)}"
     return min(done, total), total, text
@@ -106,7 +108,7 @@ def fix_label(fix: dict) -> str:
 
 def best_metric(run, task: str) -> tuple[Optional[str], Optional[float]]:
     """The run's best main validation metric (or lowest loss when there is no val)."""
-    name, higher = MAIN_METRIC.get(task, ("val_loss", False))
+    name, higher = main_metric(task)
     values = [e.get(name) for e in run.epochs if e.get(name) is not None]
     if not values:
         name, higher = ("val_loss", False) if any("val_loss" in e for e in run.epochs) else ("train_loss", False)
@@ -114,6 +116,15 @@ def best_metric(run, task: str) -> tuple[Optional[str], Optional[float]]:
     if not values:
         return name, None
     return name, (max(values) if higher else min(values))
+
+
+def lineage(run) -> str:
+    """`` ← #3 at epoch 20`` for a run continued from another, else ``""``."""
+    parent = getattr(run, "continued_from", None)
+    if not parent:
+        return ""
+    where = f"#{parent['number']}" if parent.get("number") else f"run {parent.get('id')}"
+    return f" ← {where} at epoch {parent.get('epoch')}"
 
 
 def runs_table_html(runs: Sequence, task: str, limit: int = 12) -> str:
@@ -132,7 +143,8 @@ def runs_table_html(runs: Sequence, task: str, limit: int = 12) -> str:
         name, value = best_metric(run, task)
         shown = "–" if value is None else f"{value:.4g}"
         color = STATUS_COLORS.get(run.status, "#666")
-        rows.append(f"<tr class='nbt-run-row'><td>#{i + 1}</td><td>{html.escape(changed)}</td>"
+        label = f"#{i + 1}" + lineage(run)
+        rows.append(f"<tr class='nbt-run-row'><td>{html.escape(label)}</td><td>{html.escape(changed)}</td>"
                     f"<td>{len(run.epochs)}/{run.config.epochs}</td><td>{shown}</td>"
                     f"<td style='color:{color}'>{html.escape(run.status)}</td></tr>")
     head = (f"<tr><th>run</th><th>config (vs #1)</th><th>epochs</th>"
