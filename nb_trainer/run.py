@@ -89,6 +89,12 @@ class RunReading:
     def codes(self) -> list[str]:
         return [w.code for w in self.warnings]
 
+    @property
+    def verdicts(self) -> list:
+        """The warnings grouped by cause, one fix each (``health/verdict.py``)."""
+        from .health.verdict import verdicts
+        return verdicts(self)
+
     def __repr__(self) -> str:
         last = self.last
         extra = ""

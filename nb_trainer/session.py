@@ -21,7 +21,7 @@ from .config import FIELDS, TrainConfig, check_names, describe_change
 from .callbacks import Callback
 from .data import TaskInfo, make_source
 from .engine import VAL_BATCH, Engine, RunControl
-from .health.data_checks import merge_splits, preflight
+from .health.data_checks import check_outputs, merge_splits, preflight
 from .optim import dropout_defaults
 from .precision import check_precision
 from .schedules import needs_length
@@ -103,6 +103,7 @@ class Trainer:
         if val_sample is not None:
             self.data_warnings += preflight("val", inputs_of(self.step, val_sample),
                                             targets_of(self.step, val_sample), self.task_info, self.loss_name)
+        self.data_warnings += check_outputs(wiring.output, self.task_info, self.loss_name, self.loss_from, model)
         self.data_warnings = merge_splits(self.data_warnings)  # a run keeps one warning per code
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._dropout_p = dropout_defaults(model)
@@ -150,7 +151,8 @@ class Trainer:
         base = self.current.config if self.current is not None else self.defaults
         return TrainConfig.from_dict(changes, base=base)
 
-    def start(self, config: Optional[TrainConfig] = None, from_run=None, **changes: Any) -> Run:
+    def start(self, config: Optional[TrainConfig] = None, from_run=None, *, note: Optional[str] = None,
+              **changes: Any) -> Run:
         """Start a new run from the initial weights; returns at once.
 
         ``changes`` are ``TrainConfig`` fields applied over the previous run's
@@ -161,6 +163,7 @@ class Trainer:
         its number in :attr:`runs` (1 is the first), a :class:`Run`, or a stored
         record from ``nbt.load_runs`` (also of an earlier kernel). The new run
         starts from that run's final weights, with a fresh optimizer and schedule.
+        ``note``: what the run is for (default: what changed since the previous run).
         """
         door.check_config_arg(config)
         door.check_trainable(self.model)
@@ -175,9 +178,10 @@ class Trainer:
             self.wait()
             start_state, lineage = self._continuation(from_run)
             previous = self.current
-            note = "first run" if previous is None else describe_change(previous.config, config)
-            if lineage is not None:
-                note = f"continues {lineage['label']}" + ("" if note == "same config" else f"; {note}")
+            if note is None:
+                note = "first run" if previous is None else describe_change(previous.config, config)
+                if lineage is not None:
+                    note = f"continues {lineage['label']}" + ("" if note == "same config" else f"; {note}")
             run = Run(config, task=self.task, parent=previous, note=note)
             run.continued_from = lineage
             control = RunControl()
@@ -364,6 +368,13 @@ class Trainer:
         if timer is not None and timer is not threading.current_thread():
             timer.cancel()
             self._debounce = None
+
+    def auto_fix(self, max_runs: int = 5, **config: Any) -> list:
+        """Train with ``config``, apply the best-supported health fix, retrain from the same initial
+        weights, until no warning offers a fix or there are ``max_runs`` runs. Blocks; returns the
+        runs, oldest first, each with a ``note`` saying what it changed and why."""
+        from .health.autofix import auto_fix
+        return auto_fix(self, max_runs=max_runs, **config)
 
     # -- weights ----------------------------------------------------------------
     def reset(self) -> None:

@@ -31,6 +31,7 @@ class Wiring:
     loss_name: str           # a LOSSES name, the user's callable's name, "model" or "custom"
     loss_from: str           # "ours", "model" (its own loss output), "user" (loss=) or "step" (step=)
     targets: Optional[torch.Tensor]  # the training sample's targets (baselines, data checks), or None
+    output: Optional[torch.Tensor] = None  # the model's prediction on the first examples (data checks)
 
     @property
     def layout(self) -> Layout:
@@ -152,4 +153,4 @@ def wire(model: torch.nn.Module, train_batches: list, val_batches: Optional[list
             _run_model(model, lambda: built._custom(model, vprobe), "val", layout)
         else:
             _run_model(model, lambda: built.forward(model, vprobe), "val", layout)
-    return Wiring(built, info, loss_name, loss_from, targets)
+    return Wiring(built, info, loss_name, loss_from, targets, pred if isinstance(pred, torch.Tensor) else None)

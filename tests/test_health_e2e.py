@@ -107,10 +107,14 @@ def test_dead_relu_from_negative_biases(blobs):
 
 
 def test_dead_relu_and_lr_too_high_from_a_huge_adam_step(reg):
-    _, run = train(mlp(10, 1, (64, 64)), *reg, optimizer="adam", lr=0.3, epochs=8)
+    t, run = train(mlp(10, 1, (64, 64)), *reg, optimizer="adam", lr=0.3, epochs=8)
     assert {"lr_too_high", "dead_relu"} <= set(run.codes)
-    assert run.warning("lr_too_high").fix == {"lr": 0.03}
-    assert run.warning("dead_relu").fix == {"lr": 0.03}  # the units died during training: the lr did it
+    # the units died during training: the lr did it, and an overshoot that kills units takes lr ÷ 100
+    assert run.warning("lr_too_high").fix == {"lr": 0.003}
+    assert run.warning("dead_relu").fix == {"lr": 0.003}
+    fixed = t.start(**run.verdicts[0].fix)
+    t.wait(timeout=60)
+    assert fixed.warnings == []
 
 
 def test_lr_too_high_without_divergence(blobs):
@@ -239,9 +243,10 @@ def test_fault_gallery_is_stored_clean_and_runs_headless(tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     codes = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "overfitting", "loss_plateau",
              "loss_oscillation", "lr_too_high", "lr_too_low", "underfitting", "bad_input_data", "label_mismatch",
-             "class_imbalance")
+             "class_imbalance", "unscaled_data", "probability_outputs")
     for code in codes:
         assert f"] {code}:" in text, f"the gallery never shows {code}"
+    assert "=> verdict:" in text and "auto-fix 2/5" in text  # one verdict per cause, and auto-repair
     assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
@@ -264,7 +269,12 @@ def _scenario_run(heldout, name, seed):
     sc = next(s for s in heldout.SCENARIOS if s.name == name)
     heldout.SEED = seed
     model, data, val, config = sc.build()
-    _, run = train(model, data, val, **dict(config, seed=seed))
+    config = dict(config)
+    loss = config.pop("loss", None)
+    t = nbt.Trainer(model, data, val, store=None, loss=loss)
+    run = t.start(**dict(config, seed=seed))
+    t.wait(timeout=120)
+    assert run.done, "the run did not end"
     return sc, run
 
 
@@ -306,3 +316,125 @@ def test_heldout_healthy_run_raises_nothing(heldout, name, seed):
     _, run = _scenario_run(heldout, name, seed)
     assert run.status in ("finished", "stopped")
     assert run.warnings == [], [str(w) for w in run.warnings]
+
+
+# -- the cases of issue "health warnings whose fixes work", as a user met them -------------------------------
+
+@pytest.fixture(scope="module")
+def quickstart():
+    """The quickstart's digits (pixels / 16, a stratified 75/25 split) and its MLP 64-256-256-10 with dropout."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    x, xv, y, yv = train_test_split((d.data / 16).astype("float32"), d.target, test_size=0.25, random_state=0,
+                                    stratify=d.target)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, 256), nn.ReLU(),
+                             nn.Linear(256, 10))
+    return (x, y), (xv, yv), model
+
+
+def test_lr_1_in_the_quickstart_is_one_verdict_naming_the_module(quickstart):
+    train_data, val_data, model = quickstart
+    _, run = train(model(), train_data, val_data, lr=1.0, epochs=15)
+    assert len(run.codes) >= 2
+    (v,) = run.verdicts
+    assert v.cause == "step_too_large" and v.fix == {"lr": 0.01} and set(v.codes) == set(run.codes)
+    assert "Sequential[1] (ReLU after Linear(64→256))" in run.warning("dead_relu").message
+
+
+def test_plain_sgd_at_the_quickstart_lr_is_a_small_step_not_underfitting(quickstart):
+    train_data, val_data, model = quickstart
+    t, run = train(model(), train_data, val_data, optimizer="sgd", lr=1e-3, epochs=15)
+    assert "underfitting" not in run.codes and "lr_too_low" in run.codes
+    (v,) = run.verdicts
+    assert v.cause == "step_too_small" and v.fix["lr"] > 1e-3
+    fixed = t.start(**v.fix)
+    t.wait(timeout=120)
+    assert fixed.last["val_accuracy"] > run.last["val_accuracy"] + 0.3
+
+
+def test_heavy_l1_is_one_verdict_whose_fix_works(blobs):
+    t, run = train(mlp(20, 4, (64,)), *blobs, optimizer="adamw", lr=1e-3, l1=0.05, epochs=8)
+    (v,) = run.verdicts
+    assert v.cause == "regularisation" and v.fix == {"l1": 0.0} and "loss_plateau" in run.codes
+    fixed = t.start(**v.fix)
+    t.wait(timeout=60)
+    assert fixed.warnings == [] and fixed.last["val_accuracy"] > run.last["val_accuracy"] + 0.2
+
+
+def test_rmsprop_at_lr_03_is_fixed_by_one_click(reg):
+    t, run = train(mlp(10, 1, (64, 64)), *reg, optimizer="rmsprop", lr=0.3, epochs=8)
+    (v,) = run.verdicts
+    assert v.fix == {"lr": 0.003}
+    fixed = t.start(**v.fix)
+    t.wait(timeout=60)
+    assert fixed.warnings == [] and fixed.last["val_r2"] > 0.5
+
+
+def test_auto_fix_retrains_until_no_warning_offers_a_fix(quickstart):
+    train_data, val_data, model = quickstart
+    t = nbt.Trainer(model(), train_data, val_data, store=None)
+    runs = t.auto_fix(max_runs=5, optimizer="adam", lr=1.0, epochs=10)
+    assert 2 <= len(runs) <= 5
+    assert runs[0].note.startswith("auto-fix 1/5") and "because" in runs[1].note and "lr_too_high" in runs[1].note
+    assert not any(v.fix for v in runs[-1].verdicts)
+    assert runs[-1].last["val_accuracy"] > runs[0].last["val_accuracy"] + 0.3
+    assert all(r.parent is runs[i] for i, r in enumerate(runs[1:]))  # each from the one before, same initial weights
+
+
+def test_auto_fix_refuses_a_bad_max_runs(blobs):
+    t = nbt.Trainer(mlp(20, 4), *blobs, store=None)
+    with pytest.raises(ValueError, match="max_runs"):
+        t.auto_fix(max_runs=0)
+
+
+HELDOUT_NEW = [
+    # (scenario, seed, expected answer) of the third and fourth batches
+    ("f3_explode_deep_residual", 0, "gradients off scale from the first step while the run learns"),
+    ("f3_explode_init_gain3", 1, "an initialisation 5x He"),
+    ("f3_osc_full_batch_heavy_ball", 0, "the under-damped heavy ball"),
+    ("f3_prob_softmax_layer", 0, "nn.Softmax before cross-entropy, named"),
+    ("f3_prob_functional_softmax", 0, "F.softmax in forward: the outputs say it"),
+    ("f3_unscaled_cancer_adam", 0, "raw breast-cancer features"),
+    ("f4_multilabel_sigmoid", 0, "a Sigmoid before multi-label BCE-with-logits"),
+]
+
+
+@pytest.mark.parametrize("name,seed,why", HELDOUT_NEW, ids=[f[0] for f in HELDOUT_NEW])
+def test_heldout_new_fault_classes_are_caught(heldout, name, seed, why):
+    sc, run = _scenario_run(heldout, name, seed)
+    findings = [w.code for w in run.warnings if w.severity != "info"]
+    assert sc.expect in findings, (why, run.codes)
+    assert set(findings) <= {sc.expect, *sc.allow}, run.codes
+
+
+HELDOUT_NEW_HEALTHY = ["h3_full_batch_momentum09", "h3_deep_residual_layernorm", "h3_logsoftmax_nll",
+                       "h3_sigmoid_bceloss", "h3_digits_raw_counts_adam", "h4_multilabel_bce", "h4_two_inputs"]
+
+
+@pytest.mark.parametrize("name", HELDOUT_NEW_HEALTHY)
+def test_heldout_new_healthy_shapes_raise_nothing(heldout, name):
+    _, run = _scenario_run(heldout, name, 0)
+    assert run.status in ("finished", "stopped")
+    assert run.warnings == [], [str(w) for w in run.warnings]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["h4_bert_dict_adamw", "h4_gpt2_causal_lm", "h4_tagger_sequence_outputs"])
+def test_heldout_transformers_raise_nothing(heldout, name):
+    pytest.importorskip("transformers")
+    _, run = _scenario_run(heldout, name, 0)
+    assert run.status == "finished"
+    assert run.warnings == [], [str(w) for w in run.warnings]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["f4_bert_lr_too_high", "f4_gpt2_lr_too_low"])
+def test_heldout_transformers_faults_are_caught(heldout, name):
+    pytest.importorskip("transformers")
+    sc, run = _scenario_run(heldout, name, 0)
+    symptom = {"loss_plateau"} if sc.expect in heldout.STUCK_CAUSES else set()  # the flat loss of a stuck run
+    assert sc.expect in run.codes and set(run.codes) <= {sc.expect, *sc.allow} | symptom, run.codes

@@ -202,6 +202,132 @@ def check_balance(split: str, y: torch.Tensor, task) -> list:
         fix={}, step=0, epoch=0), False)]
 
 
+# Scale: a feature whose root mean square is UNSCALED_RMS or more (20x the unit scale of
+# standardized data; raw pixels 0..255 sit near 100, the breast-cancer features up to 1e3, a year
+# near 2000), or whose mean is UNSCALED_OFFSET of its standard deviations from zero with an RMS
+# of UNSCALED_OFFSET_RMS or more. The first layer's gradients scale with its inputs, so such a
+# run starts with gradient norms orders of magnitude above what its loss implies, and a step size
+# that suits the other layers blows the first one up (or is 100x too small for them). Regression
+# targets are read the same way: an MSE in the millions makes every gradient a thousand times too
+# large. Standardized data, data in [0, 1] and one-hot columns are all far below.
+UNSCALED_RMS = 20.0
+UNSCALED_OFFSET = 10.0
+UNSCALED_OFFSET_RMS = 5.0
+
+
+def _unscaled_columns(t: torch.Tensor):
+    """``(indices, rms, mean, std)`` of the columns of ``t`` (flattened per example) that are unscaled."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() == 0 or len(t) < 8:
+        return None
+    flat = t.detach().to("cpu", torch.float64).reshape(len(t), -1)
+    flat = flat[torch.isfinite(flat).all(1)]
+    if len(flat) < 8:
+        return None
+    rms = flat.pow(2).mean(0).sqrt()
+    mean, std = flat.mean(0), flat.std(0)
+    bad = (rms >= UNSCALED_RMS) | ((mean.abs() >= UNSCALED_OFFSET * std) & (rms >= UNSCALED_OFFSET_RMS))
+    idx = bad.nonzero().flatten()
+    if idx.numel() == 0:
+        return None
+    return idx, rms, mean, std
+
+
+def check_scale(split: str, x, y, task, loss_name: str) -> list:
+    """Inputs (and regression targets) far from unit scale: see UNSCALED_RMS. Train split only: the
+    val split is scaled with the train split's statistics, whatever they are."""
+    if split != "train":
+        return []
+    named = [(name, t) for name, t in ([("inputs", x)] if isinstance(x, torch.Tensor) else list(x))
+             if not name.startswith("batch tensor")]  # a custom step's tensors: targets among them
+    if task.task == "regression" and loss_name in ("mse", "mae", "huber") and y is not None:
+        named.append(("regression targets", y))
+    parts, worst = [], None
+    for what, t in named:
+        found = _unscaled_columns(t)
+        if found is None:
+            continue
+        idx, rms, mean, std = found
+        j = int(idx[rms[idx].argmax()])
+        n_cols = rms.numel()
+        cols = (f"{len(idx)} of {n_cols} column{'s' if n_cols > 1 else ''}" if n_cols > 1 else "its one column")
+        parts.append(f"{split} {what}: {cols} far from unit scale (largest: column {j}, mean {mean[j]:.3g}, "
+                     f"std {std[j]:.3g}, root mean square {rms[j]:.3g}; standardized data sits near 1)")
+        if worst is None or float(rms[j]) > worst[1]:
+            worst = (what, float(rms[j]))
+    if not parts:
+        return []
+    targets = any(p.startswith(f"{split} regression targets") for p in parts)
+    return [(HealthWarning(
+        code="unscaled_data", severity="warning",
+        message="; ".join(parts) + ": the gradients scale with them, so they start orders of magnitude above "
+                                    "what the loss implies and no one learning rate suits every layer",
+        suggestion=("standardize with the training split's statistics before training: "
+                    "m, s = X_train.mean(0), X_train.std(0); X = (X - m) / s for every split (images: divide by 255)"
+                    + ("; for the targets the same (and invert it on the predictions)" if targets else "")),
+        fix={}, step=0, epoch=0), False)]
+
+
+# Probabilities fed to a loss that applies its own softmax or sigmoid: rows of non-negative values
+# that sum to 1 (within PROB_SUM_TOLERANCE) before a cross-entropy, values inside (0, 1) from a
+# Sigmoid layer before a BCE-with-logits. The loss then squashes them again: the gradients shrink
+# towards 0 as the model grows confident, and the loss has a floor far above 0 (log C - 1 for C
+# classes at perfect accuracy) however well it learns.
+PROB_SUM_TOLERANCE = 1e-3
+_CE_NAMES = ("cross_entropy", "CrossEntropyLoss", "cross_entropy_loss", "NLLLoss", "nll_loss")
+_BCE_LOGITS_NAMES = ("bce", "BCEWithLogitsLoss", "binary_cross_entropy_with_logits")
+
+
+def check_outputs(output, task, loss_name: str, loss_from: str = "ours", model=None) -> list:
+    """The model's output on the first training examples against the loss it is fed to."""
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.dim() < 2 \
+            or loss_from not in ("ours", "user") or output.numel() == 0:
+        return []
+    out = output.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(out).all()):
+        return []
+    from .layers import last_leaf, path_label
+    path, last = last_leaf(model) if model is not None else ("", None)
+    last_kind = type(last).__name__ if last is not None else ""
+    where = (f"{path_label(type(model).__name__, path)} ({last_kind})" if last_kind in ("Softmax", "Sigmoid", "Softmax2d")
+             else "the model's forward (F.softmax / torch.sigmoid?)")
+    if loss_name in _CE_NAMES and task.task in ("classification", "causal_lm"):
+        for dim in sorted({1, out.dim() - 1}):
+            if out.shape[dim] < 2:
+                continue
+            sums = out.sum(dim)
+            if bool((out >= 0).all()) and bool(((sums - 1).abs() <= PROB_SUM_TOLERANCE).all()):
+                nll = "NLLLoss" in loss_name or "nll" in loss_name
+                return [(HealthWarning(
+                    code="probability_outputs", severity="warning",
+                    message=(f"the model's outputs are probabilities: on the first training examples every row of "
+                             f"{out.shape[dim]} values is non-negative and sums to 1, made by {where}; "
+                             + ("NLLLoss expects log-probabilities, so its loss is -p, not -log p" if nll else
+                                "cross-entropy applies its own softmax, so it trains on a softmax of probabilities: "
+                                f"the loss cannot fall below about {_softmax_floor(out.shape[dim]):.3g} even at 100% "
+                                "accuracy, and its gradients fade as the model grows confident")),
+                    suggestion=(("use nn.LogSoftmax instead of the Softmax, or drop it and use CrossEntropyLoss" if nll
+                                 else "remove the Softmax from the model (cross-entropy wants the raw scores, the "
+                                      "logits); apply softmax only when you need probabilities, after training")),
+                    fix={}, step=0, epoch=0), False)]
+    if loss_name in _BCE_LOGITS_NAMES and task.task in ("binary", "multilabel") and last_kind == "Sigmoid" \
+            and bool(((out > 0) & (out < 1)).all()):
+        return [(HealthWarning(
+            code="probability_outputs", severity="warning",
+            message=(f"the model ends in {where}, so its outputs are probabilities in (0, 1), and the loss is binary "
+                     "cross-entropy with logits, which applies its own sigmoid: a sigmoid of a probability lies in "
+                     "(0.5, 0.73), so the loss has a floor far above 0 and its gradients fade"),
+            suggestion=("remove the Sigmoid from the model (BCEWithLogitsLoss wants the raw scores), or keep it and "
+                        "pass loss=torch.nn.BCELoss()"),
+            fix={}, step=0, epoch=0), False)]
+    return []
+
+
+def _softmax_floor(c: int) -> float:
+    """Cross-entropy of softmax(p) at a perfect one-hot p: -log(e / (e + c - 1))."""
+    import math
+    return -math.log(math.e / (math.e + c - 1))
+
+
 def merge_splits(found: list) -> list:
     """One ``(warning, fatal)`` per code: a run keeps one warning per code, so the train and val
     findings of a code are joined into one message (fatal when either is)."""
@@ -227,4 +353,6 @@ def preflight(split: str, x, y, task, loss_name: str) -> list:
     if y is not None and task.task != "custom":
         found += check_labels(split, y, task, loss_name)
         found += check_balance(split, y, task)
+    if not any(w.code == "bad_input_data" for w, _ in found):
+        found += check_scale(split, x, y, task, loss_name)
     return found

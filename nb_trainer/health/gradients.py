@@ -54,6 +54,18 @@ ZERO_GRAD_SHARE = 0.5
 EXPLODE_INIT_LOSS = 100.0
 
 
+# From the start: the gradient norm of the first step (before any update) EXPLODE_START_GRAD times the
+# loss of a constant prediction (the baseline, at least EXPLODE_START_FLOOR), with that first loss at least
+# EXPLODE_START_LOSS times the baseline. A model at unit scale starts with a gradient of the loss's order:
+# healthy runs measured at most 10x (180 runs: MLPs, CNNs, RNNs, LayerNorm and residual nets, 0..16 pixel
+# counts); inputs in raw units, an initialisation 5x He or 24 residual blocks without normalisation start
+# at 100x to 1e4x. Adam's normalised steps still learn there (the run does not stall, so the rules above
+# stay quiet), but the activations are far off scale and no one step size suits every layer.
+EXPLODE_START_GRAD = 30.0
+EXPLODE_START_FLOOR = 0.1
+EXPLODE_START_LOSS = 2.0
+
+
 def _stalled(s: Signals, frac: float = STALLED, baseline: Optional[float] = None) -> bool:
     start = early_level(s.loss)
     if baseline is not None and baseline > 0 and start > baseline:
@@ -132,6 +144,9 @@ def exploding_gradients(s: Signals, ctx: Context, diverged: bool = False) -> Opt
     n = len(g)
     fix = _clip_fix(s, ctx)
     where = f"at step {latest_step(s)} (epoch {latest_epoch(s)})"
+    start = _explodes_from_the_start(s, ctx, diverged)
+    if start is not None:
+        return start
     bad = ~np.isfinite(g) & np.isfinite(loss[:n]) if n else np.zeros(0, bool)
     if bad.any():
         i = int(np.argmax(bad))
@@ -140,9 +155,12 @@ def exploding_gradients(s: Signals, ctx: Context, diverged: bool = False) -> Opt
     base = ctx.baseline
     if diverged and n >= 1 and base and base > 0 and loss[0] >= EXPLODE_INIT_LOSS * base:
         l0, g0 = float(loss[0]), float(g[0])
-        return _explode(f"the loss was already {fmt(l0)} at the first step, {fmt(l0 / base)}x the {fmt(base)} of a "
-                        f"constant prediction, with a gradient norm of {fmt(g0)}, and it became non-finite a few "
-                        f"steps later: the activations overflow from the start", fix, s, severity="error")
+        return HealthWarning(
+            code="exploding_gradients", severity="error",
+            message=(f"the loss was already {fmt(l0)} at the first step, {fmt(l0 / base)}x the {fmt(base)} of a "
+                     f"constant prediction, with a gradient norm of {fmt(g0)}, and it became non-finite a few steps "
+                     f"later: the activations overflow from the start"),
+            suggestion=_FROM_THE_START, fix={}, step=latest_step(s), epoch=latest_epoch(s))
     if diverged and n >= 2:
         g0, peak = float(g[0]), float(np.nanmax(g[-min(10, n):]))
         if g0 > 0 and peak >= EXPLODE_GROWTH * g0:
@@ -167,6 +185,34 @@ def exploding_gradients(s: Signals, ctx: Context, diverged: bool = False) -> Opt
             return _explode(f"first-layer gradient norm {fmt(gf)} vs last layer {fmt(gl)} (ratio {fmt(gf / gl)}) "
                             f"{where}, growing towards the input, while the loss did not improve", fix, s)
     return None
+
+
+_FROM_THE_START = ("change the data or the model, not a training setting: standardize the inputs (and regression "
+                   "targets), use PyTorch's default or He/Xavier initialisation instead of larger weights, add "
+                   "normalisation layers (LayerNorm/BatchNorm) to a deep or residual stack; clipping or a smaller lr "
+                   "only hides it")
+
+
+def _explodes_from_the_start(s: Signals, ctx: Context, diverged: bool = False) -> Optional[HealthWarning]:
+    """See EXPLODE_START_GRAD. No config fix: the scale of the inputs, the initialisation or the
+    architecture makes it, and clipping or a smaller lr only hides it (the first step stays as it is)."""
+    base = ctx.baseline
+    if not s.grad_norm or not s.loss or not base or base <= 0 or s.step[0] > 1:
+        return None
+    g0, l0 = float(s.grad_norm[0]), float(s.loss[0])
+    if not (np.isfinite(g0) and np.isfinite(l0)):
+        return None
+    ref = max(base, EXPLODE_START_FLOOR)
+    if g0 < EXPLODE_START_GRAD * ref or l0 < EXPLODE_START_LOSS * base:
+        return None
+    return HealthWarning(
+        code="exploding_gradients", severity="error" if diverged else "warning",
+        message=(f"at the first step, before any update, the gradient norm was {fmt(g0)}, {fmt(g0 / ref)}x the "
+                 f"{fmt(base)} loss of a constant prediction (a model at unit scale starts within about 10x), and "
+                 f"the loss was {fmt(l0)}, {fmt(l0 / base)}x it: the activations are far above unit scale from the "
+                 f"start" + ("; the loss became non-finite a few steps later" if diverged else
+                             "; the run still learns, but no one step size suits every layer")),
+        suggestion=_FROM_THE_START, fix={}, step=latest_step(s), epoch=latest_epoch(s))
 
 
 def _clip_fix(s: Signals, ctx: Context) -> dict:
@@ -205,11 +251,11 @@ def dead_relu(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     first = (probes[0].get("dead_relu") or {}).get(name, {})
     from_start = first.get("dead_units", 0.0) >= DEAD_FRACTION and probes[0].get("step", 0) <= 1
     first_ratio = median(list((probes[0].get("update_ratio") or {}).values()))
-    seen = (f"{d['dead_units']:.0%} of the {d['units']} units of ReLU layer '{name}' output 0 for every probe "
+    seen = (f"{d['dead_units']:.0%} of the {d['units']} units of {ctx.label(name)} output 0 for every probe "
             f"example at epoch {probes[-1].get('epoch')}")
     others = [k for k in now if k != name]
     if others:
-        seen += f" (also layer{'s' if len(others) > 1 else ''} {', '.join(repr(k) for k in others)})"
+        seen += f" (also {', '.join(ctx.label(k) for k in others)})"
     if from_start and not (first_ratio > 0.1):
         return HealthWarning(
             code="dead_relu", severity="warning",
@@ -234,12 +280,21 @@ def _dead_from_gradients(s: Signals, ctx: Context) -> Optional[HealthWarning]:
     if found is None or not _stalled(s, baseline=ctx.baseline):
         return None
     zeros, w, last = found
-    first = f"'{ctx.first_layer}'" if ctx.first_layer else "the first weight matrix"
+    first = ctx.label(ctx.first_layer) if ctx.first_layer else "the first weight matrix"
+    seen = (f"{first} got a gradient of exactly 0 on {zeros} of the last {w} steps (last layer: {fmt(last)}) at "
+            f"epoch {latest_epoch(s)}: the units after it output 0 for every example, so no gradient reaches it")
+    start = s.g_first[:5]
+    if len(start) >= 3 and median(start) > 0:
+        # it had a gradient at the start: the units died during training, as large updates kill them
+        lr = round_lr(ctx.lr / 10)
+        return HealthWarning(
+            code="dead_relu", severity="warning",
+            message=seen + f" (it had {fmt(median(start))} at the first steps: they died during training)",
+            suggestion=f"large updates pushed the units into the zero region: lower the learning rate to {fmt(lr)}",
+            fix={"lr": lr}, step=latest_step(s), epoch=latest_epoch(s))
     return HealthWarning(
         code="dead_relu", severity="warning",
-        message=(f"{first} got a gradient of exactly 0 on {zeros} of the last {w} steps (last layer: {fmt(last)}) at "
-                 f"epoch {latest_epoch(s)}: the units after it output 0 for every example, so no gradient reaches "
-                 f"it (dead ReLUs; F.relu in forward() is not probed, the gradients show it)"),
+        message=seen + " from the first step (dead ReLUs; F.relu in forward() is not probed, the gradients show it)",
         suggestion=("change the model or data: check the bias initialisation of the layers before the ReLUs (large "
                     "negative biases silence them), normalise the inputs, or use LeakyReLU/GELU"),
         fix={}, step=latest_step(s), epoch=latest_epoch(s))

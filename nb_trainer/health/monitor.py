@@ -21,16 +21,19 @@ train and val loss is its doing, so overfitting is not judged.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 import weakref
 from typing import Callable, Optional
 
+from .. import events as ev
 from . import fit, gradients, learning_rate
 from ..callbacks.base import Callback
 from .baseline import trivial_loss
-from .signals import Context, Signals
+from .layers import module_labels
+from .signals import Context, Signals, fmt, round_lr
 from .warning import HealthWarning
 
 EVAL_SECONDS = 0.5
@@ -68,6 +71,9 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
         _run(check, found, guard)
     if phase == "step":
         return found
+    if diverged and isinstance(raised, dict) and raised.get("nan_loss") is not None:
+        _run(lambda: _nan_before_any_update(raised["nan_loss"]), found, guard)
+    _after_an_overshoot(found, raised, ctx)
     codes = set(raised) | {w.code for w in found}
     causes = [c for c in CAUSES if c in codes]
     # a plateau is what the user sees, whatever its cause: raised with the cause's fix when a
@@ -82,9 +88,86 @@ def evaluate(s: Signals, ctx: Context, raised=(), phase: str = "epoch", diverged
             f": {cause.suggestion}" if cause is not None else "")
         w.fix = dict(cause.fix) if cause is not None else {}
     found += plateau
+    if phase == "final" and not plateau and isinstance(raised, dict) and "loss_plateau" in raised:
+        _run(lambda: fit.plateau_lifted(s, ctx, raised["loss_plateau"]), found, guard)
+    if phase == "final" and isinstance(raised, dict) and raised.get("overfitting") is not None \
+            and raised["overfitting"].severity != "info" and (codes & STEP_FAULTS):
+        _run(lambda: _overfitting_was_the_steps(raised["overfitting"], sorted(codes & STEP_FAULTS)), found, guard)
+    if phase == "final" and not causes:  # a run that learns too slowly to get anywhere: its lr
+        _run(lambda: learning_rate.slow_progress(s, ctx), found, guard)
+        if found and found[-1].code == "lr_too_low":
+            causes = ["lr_too_low"]
+            for w in plateau:  # the flat loss was this slowness
+                w.suggestion = f"the likely cause is lr too low: {found[-1].suggestion}"
+                w.fix = dict(found[-1].fix)
     if not causes:  # underfitting is the symptom of a cause when there is one
         _run(lambda: fit.underfitting(s, ctx, final=phase == "final"), found, guard)
+        under = next((w for w in found if w.code == "underfitting"), None)
+        if under is not None and under.fix:
+            for w in plateau:  # both are the regularisation's doing: one fix
+                w.suggestion = f"the likely cause is the regularisation: {under.suggestion}"
+                w.fix = dict(under.fix)
     return found
+
+
+STEP_FAULTS = {"lr_too_high", "loss_oscillation", "exploding_gradients", "nan_loss"}
+
+
+def _after_an_overshoot(found: list, raised, ctx: Context) -> None:
+    """Gradients that vanished after the loss rose are the overshoot's doing: steps far too large
+    saturate the units (LayerNorm, sigmoid, softmax attention) or silence them, and the gradients to
+    the first layers vanish. They take lr_too_high's fix instead of "change the model" (AdamW at lr 1 on
+    a small BERT: the word embeddings' gradient falls to 1e-6 of the head's; at lr 1e-3 it trains).
+    And an overshoot that saturated or killed units is far beyond what lr ÷ 10 settles (the BERT and a
+    GELU tagger at lr 0.1 still rise and stay saturated): lr_too_high's fix becomes lr ÷ 100."""
+    high = next((w for w in found if w.code == "lr_too_high"), None)
+    stored = raised.get("lr_too_high") if isinstance(raised, dict) else None
+    if high is None and stored is not None:
+        high = dataclasses.replace(stored, fix=dict(stored.fix))
+    if high is None or not high.fix or "lr" not in high.fix:
+        return
+    others = list(found) + (list(raised.values()) if isinstance(raised, dict) else [])
+    killed = any(w.code == "vanishing_gradients" or (w.code == "dead_relu" and "lr" in (w.fix or {})) for w in others)
+    if killed and high.fix["lr"] > round_lr(ctx.lr / 100) and "momentum" not in high.fix:
+        if high not in found:
+            found.append(high)  # raised again with the new fix (engine.warn updates the stored one)
+        lr = round_lr(ctx.lr / 100)
+        high.fix["lr"] = lr
+        high.suggestion = (f"lower the learning rate to {fmt(lr)} (÷ 100: the overshoot saturated or killed units, "
+                           f"beyond what ÷ 10 settles)")
+    for w in found:
+        if w.code in ("vanishing_gradients", "dead_relu") and (not w.fix or w.fix.get("lr", 0) > high.fix["lr"]):
+            if w.code == "dead_relu" and not w.fix:
+                continue  # dead from the first step: the model's, whatever the lr
+            if w.code == "vanishing_gradients" and "overshoot" not in w.message:
+                w.message += " — after the loss rose (lr_too_high): the overshoot saturated or silenced the units"
+            w.suggestion = f"the likely cause is lr too high: {high.suggestion}"
+            w.fix = dict(high.fix)
+
+
+def _overfitting_was_the_steps(w: HealthWarning, faults: list) -> HealthWarning:
+    """Overfitting raised before the run showed that its step size is at fault: the val loss's rise was the
+    steps' doing (see _overfitting), so the warning becomes a note without a fix."""
+    return HealthWarning(
+        code="overfitting", severity="info",
+        message=w.message + f" — later the run showed {', '.join(faults)}: the gap came from the steps, not from "
+                            "memorising",
+        suggestion="fix the step size first (see " + ", ".join(faults) + ")", fix={}, step=w.step, epoch=w.epoch)
+
+
+def _nan_before_any_update(w: HealthWarning) -> Optional[HealthWarning]:
+    """A loss that is already non-finite at the first step came from the initial weights and the first
+    batch: no learning rate made it, and none can cure it (a model taking sqrt of a linear output)."""
+    if w.step != 1 or not w.fix:
+        return None
+    return HealthWarning(
+        code="nan_loss", severity="error",
+        message=w.message + "; that was the first step, before any update: the model or the data make it, "
+                            "not the step size",
+        suggestion=("check the model's forward for operations that give NaN or Inf on valid inputs (sqrt or log of "
+                    "a value that can be negative or zero, a division by zero, exp of large values) and the data; "
+                    "a lower learning rate cannot help"),
+        fix={}, step=w.step, epoch=w.epoch)
 
 
 def _ended(run) -> str:
@@ -116,7 +199,7 @@ def _overfitting(s: Signals, ctx: Context, codes: set) -> Optional[HealthWarning
     # a run whose steps overshoot (or blew up) drives its train and val losses apart by the size of its
     # steps (huge logits: train 1e-5, val 0.8 at 96% val accuracy with SGD at lr 5): the gap says more
     # about the steps than about memorisation, and the step-size fix comes first
-    if codes & {"lr_too_high", "loss_oscillation", "exploding_gradients", "nan_loss"}:
+    if codes & STEP_FAULTS:
         return None
     return fit.overfitting(s, ctx)
 
@@ -132,6 +215,7 @@ class HealthMonitor(Callback):
         self._first = self._last = None
         self._next_eval = 0.0
         self._config = None
+        self._labels: dict = {}
         self.errors: list = []  # exceptions raised by rules (logged too); the run goes on
 
     # -- engine callbacks ---------------------------------------------------------
@@ -144,6 +228,7 @@ class HealthMonitor(Callback):
         self._baseline = self._trivial_loss(engine)
         self._names = list(engine.param_names)
         self._has_dropout = bool(engine.dropout_p) or _has_dropout(engine)
+        self._labels = module_labels(engine.model)
         self._update_ctx(run)
         self._next_eval = time.perf_counter() + EVAL_SECONDS
 
@@ -207,7 +292,7 @@ class HealthMonitor(Callback):
             run.config, task=getattr(self.task, "task", str(self.task)), loss_name=self.loss_name,
             baseline=self._baseline, steps_per_epoch=run.steps_per_epoch, has_dropout=self._has_dropout,
             first_layer=self._names[self._first] if self._first is not None else "",
-            last_layer=self._names[self._last] if self._last is not None else "")
+            last_layer=self._names[self._last] if self._last is not None else "", labels=self._labels)
 
     def _evaluate(self, run, engine, phase: str, diverged: bool = False, step_rules: bool = True) -> None:
         self._update_ctx(run)
@@ -215,6 +300,12 @@ class HealthMonitor(Callback):
         for w in evaluate(self.signals, self.ctx, raised, phase, diverged, step_rules, guard=self._rule_failed):
             if w.code in raised and phase == "step":
                 continue  # already shown; updated at the epoch end
+            if w.code in raised and w.severity == "info":
+                # a finding the end of the run lifted (a plateau it left): a note now, without a fix
+                stored = raised[w.code]
+                stored.severity, stored.message, stored.suggestion, stored.fix = "info", w.message, w.suggestion, {}
+                engine.bus.publish(ev.WARNING, run, warning=stored, new=False)
+                continue
             engine.warn(w)
         if step_rules:
             self._next_eval = time.perf_counter() + EVAL_SECONDS

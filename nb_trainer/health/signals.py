@@ -91,6 +91,15 @@ class Context:
     has_dropout: bool = False
     first_layer: str = ""
     last_layer: str = ""
+    # {module path: how a person reads it}, e.g. {"1": "Sequential[1] (ReLU after Linear(64→128))"}
+    labels: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def label(self, name: str) -> str:
+        """A module path (or a parameter name: "0.weight") as a person reads it."""
+        if name in self.labels:
+            return self.labels[name]
+        path = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
+        return self.labels.get(path, f"'{name}'")
 
     @classmethod
     def from_config(cls, config, **kw) -> "Context":

@@ -20,6 +20,8 @@ CODES = (
     "bad_input_data",
     "label_mismatch",
     "class_imbalance",
+    "unscaled_data",
+    "probability_outputs",
 )
 
 

@@ -171,6 +171,14 @@ class Panel(W.VBox):
             row.add_class("nbt-warning-row")
             self.warning_rows.append((row, text, button))
         self._warning_fixes: list[dict] = [{} for _ in range(N_WARNING_ROWS)]
+        # auto-repair: apply the best-supported fix and retrain, until healthy (health/autofix.py)
+        self.auto_fix_button = W.Button(description="Auto-fix", icon="magic", button_style="warning",
+                                        tooltip="apply the best-supported fix and retrain from the same initial "
+                                                "weights, up to 5 runs, until no warning offers a fix",
+                                        layout=W.Layout(width="auto", display="none"))
+        self.auto_fix_button.add_class("nbt-auto-fix")
+        self.auto_fix_button.on_click(lambda _: self._guard(self._auto_fix))
+        self._auto_fixing = False
 
         self.runs_table = W.HTML(S.runs_table_html(trainer.runs, trainer.task, earlier=self.earlier))
         self.runs_table.add_class("nbt-runs-table")
@@ -227,7 +235,7 @@ class Panel(W.VBox):
                                   layout=W.Layout(align_items="center")), self.export_text])
         super().__init__([header, self.message,
                           W.HBox([left, self.plot], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
-                          W.VBox([r for r, _, _ in self.warning_rows]), lr_box, runs_box])
+                          W.VBox([r for r, _, _ in self.warning_rows] + [self.auto_fix_button]), lr_box, runs_box])
         self.add_class("nbt-panel")
         self._key = self.model_id
         # the runs table's column gaps, the "no word from the kernel" note, and the rule that hides
@@ -313,6 +321,27 @@ class Panel(W.VBox):
                 if name in self.controls:
                     show_value(self.controls[name], value)
         self.trainer.start(**fix)
+
+    def _auto_fix(self) -> None:
+        """Auto-fix from the current run, on a thread of its own (it trains up to 5 runs)."""
+        run = self.trainer.current
+        if run is None or self._auto_fixing or self.trainer.running:
+            return
+        self._auto_fixing = True
+        self.auto_fix_button.disabled = True
+
+        def work():
+            from ..health.autofix import auto_fix
+            try:
+                runs = auto_fix(self.trainer, max_runs=5, first=run)
+                self.message.value = f"<span style='color:#57606a'>auto-fix: {len(runs) - 1} fix(es) applied</span>"
+            except Exception as e:  # shown in the panel: the button's thread has no caller to raise to
+                self.message.value = f"<span style='color:#cf222e'>auto-fix failed: {type(e).__name__}: {e}</span>"
+            finally:
+                self._auto_fixing = False
+                self.auto_fix_button.disabled = False
+                self._wake.set()
+        threading.Thread(target=work, name="nbt-auto-fix", daemon=True).start()
 
     def _use_suggested_lr(self) -> None:
         if self._suggested_lr is not None:
@@ -463,20 +492,23 @@ class Panel(W.VBox):
             self.publish_static()
 
     def _show_warnings(self, run) -> None:
-        warnings = list(run.warnings) if run is not None else []
-        order = {"error": 0, "warning": 1, "info": 2}
-        warnings.sort(key=lambda w: order.get(w.severity, 3))
+        """One row per cause (health/verdict.py): one fix button, the cause's other codes as evidence;
+        notes (info) after them, without a button."""
+        from ..health.verdict import verdicts
+        rows = [(S.verdict_html(v), dict(v.fix)) for v in (verdicts(run) if run is not None else [])]
+        rows += [(S.warning_html(w), {}) for w in (run.warnings if run is not None else []) if w.severity == "info"]
         for i, (row, text, button) in enumerate(self.warning_rows):
-            if i < len(warnings):
-                w = warnings[i]
-                text.value = S.warning_html(w)
-                self._warning_fixes[i] = dict(w.fix)
-                button.description = S.fix_label(w.fix) if w.fix else ""
-                button.layout.display = None if w.fix else "none"
+            if i < len(rows):
+                text.value, fix = rows[i]
+                self._warning_fixes[i] = fix
+                button.description = S.fix_label(fix) if fix else ""
+                button.layout.display = None if fix else "none"
                 row.layout.display = None
             else:
                 row.layout.display = "none"
                 self._warning_fixes[i] = {}
+        fixable = any(self._warning_fixes) and run is not None and run.status not in ("running", "paused")
+        self.auto_fix_button.layout.display = None if fixable or self._auto_fixing else "none"
 
     def plot_runs(self) -> list:
         """What the figure draws: this Trainer's runs, after this model's runs of earlier kernels when shown."""

@@ -158,6 +158,32 @@ def warning_html(w) -> str:
             f"{html.escape(w.message)}<br><i>→ {html.escape(w.suggestion)}</i></div>")
 
 
+def verdict_html(v) -> str:
+    """One cause: its title, the strongest warning, what to do, why (when the rules had to choose), and
+    the other codes that show the same cause as evidence under it."""
+    w = v.primary
+    color = SEVERITY_COLORS.get(v.severity, "#666")
+    where = f" (epoch {w.epoch})" if w.epoch else ""
+    count = f" ×{w.count}" if getattr(w, "count", 1) > 1 else ""
+    why = (f"<br><span class='nbt-verdict-reason' style='color:#57606a'>why: {html.escape(v.reason)}</span>"
+           if v.reason else "")
+    evidence = ""
+    if len(v.warnings) > 1:
+        items = []
+        for e in v.warnings[1:]:
+            aside = v.set_aside.get(e.code)
+            note = f" <i>(its own fix is not offered: {html.escape(aside)})</i>" if aside else ""
+            items.append(f"<li class='nbt-evidence nbt-evidence-{html.escape(e.code)}'><b>{html.escape(e.code)}</b>: "
+                         f"{html.escape(e.message)}{note}</li>")
+        evidence = ("<div style='color:#57606a;margin-top:2px'>also seen, the same cause:</div>"
+                    f"<ul style='margin:0 0 0 18px;padding:0'>{''.join(items)}</ul>")
+    return (f"<div class='nbt-verdict nbt-verdict-{html.escape(v.cause)} nbt-warning nbt-warning-{html.escape(w.code)}' "
+            f"style='border-left:3px solid {color};padding-left:6px;margin:2px 0'>"
+            f"<b style='color:{color}'>{html.escape(v.title)}</b>{where}{count}<br>"
+            f"<b>{html.escape(w.code)}</b>: {html.escape(w.message)}<br><i>→ {html.escape(v.suggestion)}</i>"
+            f"{why}{evidence}</div>")
+
+
 def fix_label(fix: dict) -> str:
     parts = []
     for k, v in fix.items():
