@@ -264,7 +264,10 @@ class Engine:
         next_probe = probes.epoch_due_time()
         group = 0                      # batches in the current accumulation group
         group_loss, group_n = None, 0  # their loss summed over examples (on the device), examples
-        for batch, last in _with_last(self.train_src.batches(self.config.batch_size, self.generator, shuffle=True)):
+        batches = self.train_src.batches(self.config.batch_size, self.generator, shuffle=True)
+        # the lookahead that finds an epoch's last, shorter, group is needed only when accumulating
+        for item in (_with_last(batches) if k > 1 else batches):
+            batch, last = item if k > 1 else (item, False)
             if group == 0:
                 if control.pending and not self._handle_requests():
                     self._log(epoch)
@@ -276,16 +279,22 @@ class Engine:
             if epoch == 1:
                 probes.collect(batch)
 
-            with amp.autocast():
+            if amp.dtype is None:
                 loss, _, _, n = step(model, batch)
-                total_loss = loss + cfg.l1 * sum(w.abs().sum() for w in self.matrices) if cfg.l1 > 0 else loss
+            else:
+                with amp.autocast():
+                    loss, _, _, n = step(model, batch)
+            total_loss = loss + cfg.l1 * sum(w.abs().sum() for w in self.matrices) if cfg.l1 > 0 else loss
             if k > 1:
                 # summed over examples here, divided by the group's examples before the step: the
                 # gradient of the mean over the effective batch, also for a shorter last group
                 total_loss = total_loss * n
                 group_loss = loss.detach() * n if group_loss is None else group_loss + loss.detach() * n
                 group_n += n
-            amp.backward(total_loss)
+            if amp.scaled:
+                amp.backward(total_loss)
+            else:
+                total_loss.backward()
             group += 1
             if group < k and not last:
                 continue
@@ -294,14 +303,18 @@ class Engine:
                 loss, n = group_loss / group_n, group_n
             group, group_loss, group_n = 0, None, 0
 
-            amp.unscale(opt)
+            if amp.scaled:
+                amp.unscale(opt)
             layer_norms = norms.take(run.step, needed=cfg.grad_clip > 0 or amp.scaled)
             if cfg.grad_clip > 0:
                 self._clip(layer_norms, cfg.grad_clip)
-            lr = self._scheduled_lr(run.step)
+            lr = self.base_lr if self.schedule.constant else self._scheduled_lr(run.step)
             probing = self.diagnostics and time.perf_counter() >= next_probe
             before = probes.before_update() if probing else None
-            amp.step(opt)
+            if amp.scaled:
+                amp.step(opt)   # the scaler's step: skipped when the unscaled gradients hold Inf/NaN
+            else:
+                opt.step()
 
             self.pending.add(loss, layer_norms, n, lr)  # stays on the device: read at the next log
             run.step += 1
