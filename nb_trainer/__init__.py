@@ -20,10 +20,17 @@ def __getattr__(name):
         from .session import Trainer
         globals()["Trainer"] = Trainer
         return Trainer
+    if name in _SWEEP_NAMES:   # the search-space helpers need neither torch nor Ray
+        from . import sweep
+        globals()[name] = getattr(sweep, name)
+        return globals()[name]
     raise AttributeError(f"module 'nb_trainer' has no attribute {name!r}")
 
+_SWEEP_NAMES = ("loguniform", "uniform", "choice")
+
 __version__ = "0.1.0"
-__all__ = ["Trainer", "TrainConfig", "HealthWarning", "Run", "load_runs", "FIELDS", "OPTIMIZERS", "CODES"]
+__all__ = ["Trainer", "TrainConfig", "HealthWarning", "Run", "load_runs", "FIELDS", "OPTIMIZERS", "CODES",
+           "loguniform", "uniform", "choice"]
 
 
 def load_runs(path=".nb_trainer"):

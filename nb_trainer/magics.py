@@ -1,7 +1,7 @@
 """IPython magics: a thin layer over the Python API.
 
-``%load_ext nb_trainer`` registers ``%nbtrain``, ``%nbstop``, ``%nbruns`` and
-``%nbstatus``. Everything they do, the :class:`~nb_trainer.Trainer` API does.
+``%load_ext nb_trainer`` registers ``%nbtrain``, ``%nbstop``, ``%nbruns``,
+``%nbstatus`` and ``%nbsweep``. Everything they do, the :class:`~nb_trainer.Trainer` API does.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from IPython.display import HTML, display
 from .config import FIELDS, TrainConfig
 from .metrics import LOSSES
 from .session import TASK_CHOICES, Trainer, all_trainers
+from .sweep.space import Domain
 
 
 def _option(spec):
@@ -44,6 +45,28 @@ def _config_arguments(func):
         func = argument(f"--{spec.name}", type=_option(spec), default=None,
                         help=f"{spec.help} ({spec.accepted()})".replace("%", "%%"))(func)
     return func
+
+
+def _sweep_arguments(func):
+    for spec in reversed(list(FIELDS.values())):
+        func = argument(f"--{spec.name}", default=None,
+                        help=f"{spec.help}: low:high, a,b,c or one value ({spec.accepted()})".replace("%", "%%"))(func)
+    return func
+
+
+def _sweep_value(spec, text: str):
+    """One %nbsweep option: ``low:high`` a sampled range, ``a,b,c`` a grid axis, else a fixed value."""
+    from .sweep import loguniform, uniform
+    parse = _option(spec)
+    if ":" in text:
+        if spec.kind == "choice":
+            raise ValueError(f"--{spec.name} {text!r}: {spec.name} takes {spec.accepted()}; list values as a,b")
+        low, _, high = text.partition(":")
+        low, high = parse(low.strip()), parse(high.strip())
+        return loguniform(low, high) if spec.log else uniform(low, high)
+    if "," in text:
+        return [parse(v.strip()) for v in text.split(",") if v.strip()]
+    return parse(text)
 
 
 @magics_class
@@ -129,6 +152,49 @@ class TrainerMagics(Magics):
             t.wait(timeout=10)
         return None
 
+    @magic_arguments()
+    @argument("trainer", help="the Trainer (a name in the notebook)")
+    @argument("--trials", type=int, default=None, help="trials in all (a multiple of the grid's size)")
+    @argument("--parallel", type=int, default=None, help="trials at a time (default: the cluster's CPUs)")
+    @argument("--scheduler", default="asha", choices=("asha", "fifo"),
+              help="asha stops weak trials early; fifo runs every trial to its last epoch")
+    @argument("--address", default=None, help="a Ray cluster: 'auto' or 'ray://host:port' (default: a local Ray)")
+    @_sweep_arguments
+    @line_magic
+    def nbsweep(self, line: str = ""):
+        """Sweep TRAINER's settings on Ray Tune, like ``t.sweep(...)``; returns the Sweep.
+
+        Usage::
+
+            sw = %nbsweep t --lr 1e-4:1e-1 --weight_decay 0,1e-4,1e-3 --trials 12 --parallel 2
+
+        Every TrainConfig field is an option: ``low:high`` samples it (on a log scale for the fields
+        the panel shows on a log slider: lr, weight_decay, l1, grad_clip, batch_size), ``a,b,c`` is a grid
+        axis, one value fixes it. The panel's Sweep section shows the trials as they train.
+        """
+        try:
+            args = parse_argstring(self.nbsweep, line)
+        except SystemExit:
+            raise UsageError(f"could not parse %nbsweep arguments: {line!r}; see %nbsweep?") from None
+        trainer = self._trainer(args.trainer)
+        space, fixed = {}, {}
+        try:
+            for name, spec in FIELDS.items():
+                text = getattr(args, name)
+                if text is None:
+                    continue
+                value = _sweep_value(spec, text)
+                if isinstance(value, (list, Domain)):
+                    space[name] = value
+                else:
+                    fixed[name] = value
+            if not space:
+                raise ValueError("give at least one setting to sweep, e.g. --lr 1e-4:1e-1 or --weight_decay 0,1e-4")
+            return trainer.sweep(space, trials=args.trials, parallel=args.parallel, scheduler=args.scheduler,
+                                 address=args.address, **fixed)
+        except (ValueError, TypeError) as e:
+            raise UsageError(str(e)) from None
+
     def _trainer(self, name: str) -> Trainer:
         obj = self._lookup(name, "TRAINER")
         if not isinstance(obj, Trainer):
@@ -192,7 +258,7 @@ def _records_table(records) -> str:
     for (_, task, model), runs in groups.items():
         parts.append(f"<div><b>{html.escape(model or 'model')}</b> ({html.escape(task or '?')}, "
                      f"{len(runs)} run{'s' if len(runs) != 1 else ''}, oldest {html.escape(str(runs[0].id))})</div>"
-                     + runs_table_html(runs, task, limit=1000, label=lambda i, r: f"#{i + 1} {r.id}"))
+                     + runs_table_html(runs, task, limit=1000, label=lambda i, r: f"#{i + 1} {r.id}" + (f" (sweep {r.sweep})" if getattr(r, "sweep", None) else "")))
     damaged = [r for r in records if getattr(r, "problems", None)]
     for r in damaged:  # read in part: say what could not be read
         parts.append(f"<div class='nbt-damaged' style='color:#cf222e'>run {html.escape(str(r.id))} damaged: "
@@ -212,5 +278,5 @@ def unload_ipython_extension(ipython) -> None:
     from .ui.kernel import uninstall
     uninstall(ipython)
     magics = ipython.magics_manager.magics.get("line", {})
-    for name in ("nbtrain", "nbstop", "nbruns", "nbstatus"):
+    for name in ("nbtrain", "nbstop", "nbruns", "nbstatus", "nbsweep"):
         magics.pop(name, None)

@@ -105,6 +105,10 @@ class Trainer:
                                             targets_of(self.step, val_sample), self.task_info, self.loss_name)
         self.data_warnings += check_outputs(wiring.output, self.task_info, self.loss_name, self.loss_from, model)
         self.data_warnings = merge_splits(self.data_warnings)  # a run keeps one warning per code
+        # what a sweep's trials rebuild this Trainer from on their workers
+        self._sweep_data = {"train": train, "val": val, "task": task, "loss": loss, "target": target,
+                            "inputs": inputs, "step": step, "diagnostics": diagnostics}
+        self.sweeps: list = []
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._dropout_p = dropout_defaults(model)
         self.has_dropout = bool(self._dropout_p)
@@ -409,6 +413,22 @@ class Trainer:
         from .lr_finder import lr_find
         return lr_find(self, **kwargs)
 
+    def sweep(self, space, trials: Optional[int] = None, parallel: Optional[int] = None, scheduler="asha",
+              address: Optional[str] = None, **config: Any):
+        """Train many configs at once on Ray Tune, each trial from the initial weights; returns at once.
+
+        ``space``: ``{field: [values]}`` (grid axes), ``{field: nbt.loguniform(lo, hi)}`` /
+        ``nbt.uniform`` / ``nbt.choice([...])`` (sampled); ``trials`` in all (a multiple of the grid);
+        ``parallel`` trials at a time (default: the cluster's CPUs); ``scheduler`` "asha" (stops weak
+        trials early) or "fifo"; ``address`` None (a local Ray, loopback only), "auto" or
+        "ray://host:port". ``config``: fixed fields over the last run's config. Returns a
+        :class:`~nb_trainer.sweep.sweep.Sweep` (``wait()``, ``stop()``, ``runs``, ``best``, ``status``).
+        """
+        from .sweep import start
+        sweep = start(self, space, trials=trials, parallel=parallel, scheduler=scheduler, address=address, **config)
+        self.sweeps.append(sweep)
+        return sweep
+
     def panel(self):
         """The notebook panel of this Trainer (built once)."""
         if self._panel is None:
@@ -421,7 +441,9 @@ class Trainer:
         display(self.panel())
 
     def close(self) -> None:
-        """Stop training and release the Trainer's threads."""
+        """Stop training (its sweeps too) and release the Trainer's threads."""
+        for sweep in self.sweeps:
+            sweep.stop()
         self.stop()
         self.wait()
         self.events.close()

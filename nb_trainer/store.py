@@ -136,7 +136,7 @@ WHERE id=:id
 """
 # columns added since the first schema: an older database gets them (NULL) when it is opened
 _ADDED_COLUMNS = (("continued_from", "TEXT"), ("final_weights", "TEXT"), ("final_epoch", "INTEGER"),
-                  ("fingerprint", "TEXT"))
+                  ("fingerprint", "TEXT"), ("sweep", "TEXT"))
 
 _PUT_EPOCH = "INSERT OR REPLACE INTO epochs (run_id, epoch, record) VALUES (?, ?, ?)"
 _PUT_WARNING = "INSERT OR REPLACE INTO warnings (run_id, code, pos, record) VALUES (?, ?, ?, ?)"
@@ -475,6 +475,8 @@ class RunStore:
                        started_at=run.started_at or time.time(), weights=None, fingerprint=fingerprint,
                        **_owner())
             if conn.execute(_INSERT_RUN, row).rowcount == 1:
+                if getattr(run, "sweep_id", None):
+                    conn.execute("UPDATE runs SET sweep=? WHERE id=?", (run.sweep_id, key))
                 return key
             # another kernel made a run with the same id (same second, same counter): keep both
             key = f"{base}-{uuid.uuid4().hex[:6]}"
@@ -905,6 +907,8 @@ class RunRecord(RunReading):
     changes : list of dict
         Live changes: ``{"step", "epoch", "changes"}``.
     note, stop_reason, parent : str
+    sweep : str or None
+        The id of the sweep the run was a trial of.
     best_epoch, best_val_loss, steps, started_at, ended_at, updated_at
     weights_path : pathlib.Path or None
         The best weights (``load_into`` loads them).
@@ -951,6 +955,7 @@ class RunRecord(RunReading):
                 p.append(f"weights={_short(weights)} does not name a file inside the store's weights folder "
                          "(refused: it is never read nor deleted)")
         keys = row.keys()
+        self.sweep: Optional[str] = _text(row["sweep"], "sweep", p) if "sweep" in keys else None  # its sweep
         self.fingerprint: Optional[str] = _text(row["fingerprint"], "fingerprint", p) if "fingerprint" in keys else None
         lineage = _json(row["continued_from"], "continued_from", p) if "continued_from" in keys else None
         self.continued_from: Optional[dict] = lineage if isinstance(lineage, dict) and lineage else None

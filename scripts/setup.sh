@@ -17,7 +17,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
         "$PY" -m pip install -q "torch==2.13.0"
     fi
 fi
-"$PY" -m pip install -q -e ".[test,browser,tensorboard]"
+"$PY" -m pip install -q -e ".[test,browser,tensorboard,ray]"
 
 # Debian's Chromium for the browser tests (never `playwright install`: it downloads a browser).
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then

@@ -5,12 +5,18 @@ a second on one CPU thread. The machines are shared, so torch uses one thread.
 """
 from __future__ import annotations
 
+import os
 import time
 
-import numpy as np
-import pytest
-import torch
-from torch import nn
+# Ray reads these when it is imported: a test that starts Ray keeps it on loopback and sends nothing
+# (TESTING.md; the Ray fixtures also point HOME at a folder holding an empty ray_bootstrap_config.yaml)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def pytest_sessionstart(session):

@@ -16,6 +16,11 @@ PACKAGE = pathlib.Path(nb_trainer.__file__).parent
 FORBIDDEN = ("ipywidgets", "IPython")
 
 
+def _has_ray() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("ray") is not None
+
+
 def headless_modules() -> list[str]:
     """The modules that must not need a notebook: the core, health and its submodules,
     and store / lr_finder once those files exist."""
@@ -27,6 +32,9 @@ def headless_modules() -> list[str]:
                     if p.stem != "__init__")
     names += [f"nb_trainer.{m}" for m in ("store", "lr_finder", "door")
               if (PACKAGE / f"{m}.py").exists() or (PACKAGE / m / "__init__.py").exists()]
+    # the sweep layer (its driver module imports Ray Tune, an optional extra)
+    names += ["nb_trainer.sweep"] + sorted(f"nb_trainer.sweep.{p.stem}" for p in (PACKAGE / "sweep").glob("*.py")
+                                           if p.stem != "__init__" and (p.stem != "driver" or _has_ray()))
     return names + ["nb_trainer"]
 
 

@@ -233,9 +233,12 @@ class Panel(W.VBox):
         runs_box = W.VBox([self.runs_table, self.show_earlier,
                            W.HBox([self.run_select, self.continue_button, self.code_button, self.csv_button, self.download],
                                   layout=W.Layout(align_items="center")), self.export_text])
+        from .sweep_panel import SweepSection
+        self.sweep = SweepSection(self)          # many settings at once, on Ray (collapsed until opened)
+        self.sweep_box = W.Accordion(children=[self.sweep], titles=("Sweep",), selected_index=None)
         super().__init__([header, self.message,
                           W.HBox([left, self.plot], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
-                          W.VBox([r for r, _, _ in self.warning_rows] + [self.auto_fix_button]), lr_box, runs_box])
+                          W.VBox([r for r, _, _ in self.warning_rows] + [self.auto_fix_button]), lr_box, runs_box, self.sweep_box])
         self.add_class("nbt-panel")
         self._key = self.model_id
         # the runs table's column gaps, the "no word from the kernel" note, and the rule that hides
@@ -628,6 +631,7 @@ class Panel(W.VBox):
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+        self.sweep.close()
         try:
             self.trainer.events.unsubscribe(self._sub)
             if self._renderer is not None:

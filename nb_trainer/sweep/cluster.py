@@ -1,0 +1,145 @@
+"""Where a sweep's trials run: a local Ray started safely, one already running, or a cluster.
+
+``address=None``: reuse the Ray this kernel is already connected to, or start a local one
+with a worker per CPU core. A local Ray started here is kept safe by default:
+
+- it listens on the loopback address only. Ray otherwise binds the machine's network
+  address (and asks a public DNS address which one that is), opening its ports to the
+  local network; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's own switch, set here when
+  the user has not set it) makes it use 127.0.0.1;
+- it sends no usage statistics unless the user turned them on
+  (``RAY_USAGE_STATS_ENABLED``, or ``ray enable-usage-stats``);
+- its worker logs stay in Ray's log files instead of being printed into the cell.
+
+``address="auto"`` or ``"ray://host:port"`` attaches to an existing cluster as Ray does.
+Nothing here runs when Ray is missing: :func:`require_ray` says how to install it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from typing import Optional
+
+INSTALL_HINT = 'pip install "nb_trainer[ray]"'
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+USAGE_ENV = "RAY_USAGE_STATS_ENABLED"
+
+_lock = threading.Lock()
+_started_here = False     # this module started the local Ray the kernel is connected to
+_requests: "queue.Queue" = queue.Queue()
+_lasting: Optional[threading.Thread] = None
+_lasting_lock = threading.Lock()
+
+
+def _serve() -> None:
+    while True:
+        fn, box, done = _requests.get()
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed back to the caller's thread, raised there
+            box["error"] = e
+        finally:
+            done.set()
+
+
+def _on_a_lasting_thread(fn):
+    """Run ``fn`` on a thread that lives as long as the process, and return what it returns.
+
+    Ray starts its local processes (GCS, raylet) with a parent-death signal, and Linux sends it
+    when the *thread* that started them ends: a local Ray started on a sweep's own thread was
+    killed (SIGKILL) when that sweep ended. So ``ray.init`` runs here; the processes still end
+    with the kernel."""
+    global _lasting
+    if threading.current_thread() is threading.main_thread():
+        return fn()
+    with _lasting_lock:
+        if _lasting is None or not _lasting.is_alive():
+            _lasting = threading.Thread(target=_serve, name="nbt-ray-starter", daemon=True)
+            _lasting.start()
+    box: dict = {}
+    done = threading.Event()
+    _requests.put((fn, box, done))
+    done.wait()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def require_ray():
+    """Import Ray Tune, or raise ``ImportError`` saying how to install it."""
+    try:
+        import ray
+        import ray.tune  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"sweeps run on Ray Tune, which is not installed here ({e}); "
+                          f"install it with: {INSTALL_HINT}") from None
+    return ray
+
+
+def _usage_stats_opted_in() -> bool:
+    """Did the user turn Ray's usage statistics on (``ray enable-usage-stats`` writes this file)?"""
+    path = os.path.expanduser("~/.ray/config.json")
+    try:
+        with open(path) as f:
+            return bool(json.load(f).get("usage_stats"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _safe_local_environment(ray) -> None:
+    """Loopback only and no usage statistics for the Ray about to start (unless the user said otherwise).
+
+    Ray's own processes read these from their environment when they start; the driver read the
+    loopback switch when ``ray`` was imported, so an imported Ray is told as well."""
+    if LOOPBACK_ENV not in os.environ:
+        os.environ[LOOPBACK_ENV] = "0"
+        from ray._private import ray_constants
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    if USAGE_ENV not in os.environ and not _usage_stats_opted_in():
+        os.environ[USAGE_ENV] = "0"
+
+
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> dict:
+    """Make sure this process is connected to Ray; returns what it is connected to.
+
+    ``{"address": ..., "started": bool (a local Ray started by this call), "cpus": int}``.
+    """
+    global _started_here
+    ray = require_ray()
+    with _lock:
+        started = False
+        if not ray.is_initialized():
+            # Ray's start-up notes (token authentication on, no SIGTERM handler off the main thread)
+            # would land in the cell: only its errors do
+            quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+            if address is None:
+                _safe_local_environment(ray)
+                loopback = os.environ.get(LOOPBACK_ENV, "1").lower() in ("0", "false")
+                _on_a_lasting_thread(lambda: ray.init(
+                    address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                    **({"_node_ip_address": "127.0.0.1"} if loopback else {}), **quiet))
+                started = _started_here = True
+            else:
+                _on_a_lasting_thread(lambda: ray.init(address=address, **quiet))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return {"address": address or "local", "started": started, "cpus": cpus}
+
+
+def shutdown() -> bool:
+    """Shut down the local Ray that nb_trainer started (its processes end). Returns whether it did.
+
+    A Ray the user started or attached to is theirs: ``ray.shutdown()`` it yourself."""
+    global _started_here
+    try:
+        import ray
+    except ImportError:
+        return False
+    with _lock:
+        if not (_started_here and ray.is_initialized()):
+            return False
+        ray.shutdown()
+        _started_here = False
+        return True
