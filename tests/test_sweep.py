@@ -84,9 +84,19 @@ def _trainer(digits, make_mlp, store, delay=0.0):
 
 
 def _ray_processes():
+    """This process's descendants that are Ray's (gcs_server, raylet, dashboard, workers): not the
+    others a test session leaves, such as multiprocessing's resource tracker."""
     import psutil
     me = psutil.Process()
-    return [p for p in me.children(recursive=True)]
+    found = []
+    for p in me.children(recursive=True):
+        try:
+            text = p.name() + " " + " ".join(p.cmdline())
+        except psutil.Error:
+            continue                    # it ended meanwhile
+        if "ray" in text.lower():
+            found.append(p)
+    return found
 
 
 # -- a 4-trial grid, one of them set to diverge --------------------------------------------------------
