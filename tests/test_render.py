@@ -652,3 +652,23 @@ def test_frames_are_drawn_in_the_kernel_until_the_renderer_process_is_up(monkeyp
         assert r.inprocess_cpu_s > 0 and r.mode == "process"
     finally:
         r.close()
+
+
+def test_the_warm_up_figure_serves_the_first_panel_and_shows_nothing_of_the_warm_up():
+    """The renderer's warm-up figure becomes the first figure of that geometry: its first frame of a real
+    run is the same picture a new figure draws, and a figure of another geometry is made anew."""
+    spare = R._warm_up()
+    assert spare is not None and spare.full_draws == 1
+    snap = F.snapshot(five_runs(), "classification")
+    fresh = F.LiveFigure(R.DEFAULT_SIZE).render(snap)
+    import collections
+    spares, figures = [spare], collections.OrderedDict()
+    fig = R._figure_for(figures, "panel-1", (*R.DEFAULT_SIZE, 1.0), spares)
+    assert fig is spare and spares == []
+    reused = fig.render(snap)
+    assert np.array_equal(pixels(reused), pixels(fresh))
+    assert R._figure_for(figures, "panel-1", (*R.DEFAULT_SIZE, 1.0), spares) is spare   # cached for its key
+    other = R._warm_up()
+    spares = [other]
+    wide = R._figure_for(figures, "panel-2", (900, 500, 1.0), spares)
+    assert wide is not other and spares == [other] and wide.size == (900, 500)
