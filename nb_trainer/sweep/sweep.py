@@ -17,6 +17,7 @@ import time
 from typing import Any, Optional
 
 from .. import events as ev
+from ..callbacks.base import is_improvement
 from ..config import FIELDS, TrainConfig, format_value
 from ..health.warning import HealthWarning
 from ..run import ENDED, Run
@@ -129,9 +130,7 @@ class Sweep:
             if run.status in ("failed", "diverged"):
                 continue
             value = best_value_of(run, self.metric, self.mode)
-            if value is None:
-                continue
-            if best_value is None or (value > best_value if self.mode == "max" else value < best_value):
+            if is_improvement(value, best_value, self.mode):
                 best, best_value = run, value
         return best
 
