@@ -121,10 +121,10 @@ CREATE TABLE IF NOT EXISTS warnings (
 _INSERT_RUN = """
 INSERT INTO runs (id, task, model, config, initial_config, status, error, stop_reason, note, parent,
                   best_epoch, best_val_loss, steps, changes, started_at, ended_at, updated_at, weights,
-                  owner_host, owner_boot, owner_pid, owner_start, continued_from, fingerprint)
+                  owner_host, owner_boot, owner_pid, owner_start, continued_from, fingerprint, sweep)
 VALUES (:id, :task, :model, :config, :initial_config, :status, :error, :stop_reason, :note, :parent,
         :best_epoch, :best_val_loss, :steps, :changes, :started_at, :ended_at, :updated_at, :weights,
-        :owner_host, :owner_boot, :owner_pid, :owner_start, :continued_from, :fingerprint)
+        :owner_host, :owner_boot, :owner_pid, :owner_start, :continued_from, :fingerprint, :sweep)
 ON CONFLICT(id) DO NOTHING
 """
 _UPDATE_RUN = """
@@ -473,10 +473,8 @@ class RunStore:
                        note=run.note, parent=_stored_id(run.parent),
                        continued_from=_dumps(run.continued_from) if getattr(run, "continued_from", None) else None,
                        started_at=run.started_at or time.time(), weights=None, fingerprint=fingerprint,
-                       **_owner())
+                       sweep=getattr(run, "sweep_id", None) or None, **_owner())
             if conn.execute(_INSERT_RUN, row).rowcount == 1:
-                if getattr(run, "sweep_id", None):
-                    conn.execute("UPDATE runs SET sweep=? WHERE id=?", (run.sweep_id, key))
                 return key
             # another kernel made a run with the same id (same second, same counter): keep both
             key = f"{base}-{uuid.uuid4().hex[:6]}"
