@@ -175,6 +175,32 @@ def test_legends_cover_neither_the_plots_nor_each_other(size, long_notes):
             assert not box.overlaps(ax.get_tightbbox(renderer)), name      # titles and tick labels too
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+@pytest.mark.parametrize("size", [(720, 440), (1200, 700)])
+def test_the_step_labels_sit_under_their_tick_labels_inside_the_figure(size, scale):
+    # the x labels and titles have fixed places (matplotlib would measure every tick label to place
+    # them at each full draw): below the tick labels, not on them, not off the figure; titles above
+    # their plots and under the legends
+    fig = F.LiveFigure(size, scale)
+    fig.update(F.snapshot(five_runs(), "classification"))
+    renderer = fig.canvas.get_renderer()
+    px = scale
+    for name in ("grad_norm", "lr"):
+        ax = fig.axes[name]
+        label = ax.xaxis.label.get_window_extent(renderer)
+        ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert ax.xaxis.label.get_text() == "step" and ticks
+        lowest_tick = min(t.y0 for t in ticks)
+        assert label.y1 <= lowest_tick + 0.5 * px, name              # under the tick labels
+        assert label.y1 >= lowest_tick - 4 * px, name                # ... and right under them
+        assert label.y0 >= 0, name                                   # inside the figure
+    legends_bottom = min(leg.get_window_extent(renderer).y0 for leg in fig.fig.legends)
+    for name, ax in fig.axes.items():
+        title = ax.title.get_window_extent(renderer)
+        assert ax.bbox.y1 <= title.y0 <= ax.bbox.y1 + 8 * px, name     # just above its plot
+        assert title.y1 <= legends_bottom + 0.5 * px or name in ("grad_norm", "lr"), name
+
+
 def test_a_diverged_run_says_so_in_the_legend():
     runs = five_runs()
     runs[-1].status = "diverged"
