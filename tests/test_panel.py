@@ -369,6 +369,34 @@ def test_the_static_rendering_carries_the_figure_the_status_and_the_runs(trainer
     assert len(published) == n
 
 
+def test_a_runs_end_is_saved_while_its_thread_is_still_finishing(trainer, monkeypatch):
+    # RUN_ENDED comes (and the status is final) a moment before the run's thread is gone: the saved
+    # rendering must not wait for the thread, nor for the panel's next refresh (FRAME_SECONDS later)
+    import threading
+    from nb_trainer.ui import static
+    published = []
+    monkeypatch.setattr(static, "publish", lambda data, display_id, update: published.append(data))
+    panel = trainer.panel()
+    panel._display_id = "nbt-test"
+    panel._static_sig = panel._static_signature()
+    trainer.start()
+    trainer.wait()
+    release = threading.Event()
+    lingering = threading.Thread(target=release.wait, daemon=True)
+    lingering.start()
+    trainer._thread = lingering                      # the run's thread, still running its last lines
+    try:
+        assert trainer.running and trainer.current.status == "finished"
+        n = len(published)
+        panel._static_sig = None                     # as if this run's end had not been published yet
+        panel._wake.set()
+        # the panel's thread publishes it (or this call does, if it comes first)
+        assert panel.publish_static() or wait_until(lambda: len(published) > n, timeout=30)
+        assert "run 1 finished" in published[-1]["text/plain"]
+    finally:
+        release.set()
+
+
 def test_the_panel_lists_and_draws_this_models_runs_of_earlier_kernels(small_digits, tmp_path, monkeypatch):
     from nb_trainer.ui import earlier, figure
     train, val = small_digits

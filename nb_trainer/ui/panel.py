@@ -76,6 +76,7 @@ class Panel(W.VBox):
         self._closed = False
         self._sync_thread: Optional[int] = None
         self._wake = threading.Event()
+        self._urgent = False         # a run ended: refresh without waiting MIN_REFRESH_SECONDS
         self._lock = threading.Lock()
         self._plot_signature = None
         self._frames = 0
@@ -422,6 +423,8 @@ class Panel(W.VBox):
             self._show_config(event.run.config)
         if event.kind == ev.RUN_STARTED and not self._real_frame:
             self.plot.value = placeholder_png(self.size, self.scale, WAITING)
+        if event.kind == ev.RUN_ENDED:
+            self._urgent = True      # refreshed at once: the final frame and the saved rendering come without delay
         self._wake.set()
 
     def _show_config(self, config: TrainConfig) -> None:
@@ -453,10 +456,16 @@ class Panel(W.VBox):
             self._wake.wait(FRAME_SECONDS if running else IDLE_SECONDS)
             # every event wakes the loop (an epoch end of a fast run: dozens a second); refresh at most
             # every MIN_REFRESH_SECONDS while training, so the panel's share of the CPU stays small
-            pause = last + MIN_REFRESH_SECONDS - time.monotonic()
-            if running and pause > 0:
-                time.sleep(pause)
+            while running and not self._closed:
+                pause = last + MIN_REFRESH_SECONDS - time.monotonic()
+                if pause <= 0:
+                    break
+                self._wake.clear()
+                if self._urgent:            # a run's end cuts the pause short
+                    break
+                self._wake.wait(pause)
             self._wake.clear()
+            self._urgent = False
             if self._closed:
                 break
             last = time.monotonic()
@@ -491,7 +500,7 @@ class Panel(W.VBox):
                 if options:
                     self.run_select.value = options[-1][1]
         self._update_plot()
-        if self._display_id is not None and not trainer.running and trainer.current is not None:
+        if self._display_id is not None and not self._training():
             self.publish_static()
 
     def _show_warnings(self, run) -> None:
@@ -592,6 +601,12 @@ class Panel(W.VBox):
             self._static_sig = self._static_signature() if first or png else self._static_sig
         self._wake.set()
 
+    def _training(self) -> bool:
+        """A run is on (or none has been): its final state is not there to save yet. By the run's status, not its
+        thread's: the status is final (and RUN_ENDED sent) a moment before the thread is gone."""
+        run = self.trainer.current
+        return run is None or run.status in ("pending", "running", "paused")
+
     def _static_signature(self) -> tuple:
         return tuple((id(r), r.status, len(r.epochs), len(r.warnings)) for r in self.trainer.runs) \
             + (len(self.earlier),)
@@ -601,7 +616,7 @@ class Panel(W.VBox):
 
         Does nothing until the panel has been displayed, or while a run trains.
         """
-        if self._display_id is None or self.trainer.running or self._closed:
+        if self._display_id is None or self._training() or self._closed:
             return False
         from . import figure, static
         with self._static_lock:
@@ -616,6 +631,8 @@ class Panel(W.VBox):
                 seq = seq or self._last_seq
                 self._last_seq = seq
                 png = self._renderer.wait(self._key, seq, timeout=wait) if seq else None
+            if self._training() or self._static_signature() != sig:
+                return False        # a run started (or ended) meanwhile: the refresh after its end publishes
             png = png or (self._shown_png if self._real_frame else None)
             static.publish(static.bundle(self.trainer, png, self.size[0], self._key, self.earlier),
                            self._display_id, update=True)
