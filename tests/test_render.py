@@ -698,3 +698,33 @@ def test_the_warm_up_figure_serves_the_first_panel_and_shows_nothing_of_the_warm
     spares = [other]
     wide = R._figure_for(figures, "panel-2", (900, 500, 1.0), spares)
     assert wide is not other and spares == [other] and wide.size == (900, 500)
+
+
+def test_an_idle_renderer_readies_a_figure_for_the_next_new_panel():
+    """A new panel's first frame is a redraw of a figure drawn before (about 0.15 s), not a new figure's
+    first draw (0.6-1 s, long enough for the kernel to draw it too): the renderer makes one when idle,
+    of the geometry of its latest frame."""
+    snap = F.snapshot(five_runs(), "classification")
+    r = R.Renderer().start()
+    try:
+        deadline = time.monotonic() + 60
+        while not r._ready and time.monotonic() < deadline:     # frames before that are drawn in the kernel
+            time.sleep(0.05)
+        def first_frame(key, size):
+            r.last_figure_draws = None
+            png = r.wait(key, r.submit(key, snap, size=size), timeout=60)
+            assert png is not None and png.startswith(PNG_SIGNATURE), r.last_error
+            deadline = time.monotonic() + 60     # the process's frame (a slow one is also drawn here meanwhile)
+            while r.last_figure_draws is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return r.last_figure_draws
+        assert first_frame("panel-1", R.DEFAULT_SIZE) == 2           # the start-up warm-up's figure
+        assert first_frame("panel-2", R.DEFAULT_SIZE) == 1           # no time to make another: a new figure
+        time.sleep(R.SPARE_IDLE_SECONDS + 1.5)
+        assert first_frame("panel-3", R.DEFAULT_SIZE) == 2           # made while idle
+        assert first_frame("panel-4", (900, 500)) == 1               # another size: a new figure ...
+        time.sleep(R.SPARE_IDLE_SECONDS + 1.5)
+        assert first_frame("panel-5", (900, 500)) == 2               # ... and the next spare is of that size
+        assert r.mode == "process"
+    finally:
+        r.close()

@@ -75,6 +75,7 @@ INPROCESS_MIN_INTERVAL = 0.25   # ... and at most 4 frames per second
 PARENT_CHECK_SECONDS = 1.0
 FIRST_FRAME_PATIENCE = 0.4  # a key's first frame is drawn in the kernel if the renderer takes longer
 RENDERER_NICE = 5           # the renderer process runs at a lower priority than the kernel
+SPARE_IDLE_SECONDS = 2.0    # the renderer idle this long (no run is drawing) makes a spare figure for the next new panel
 
 
 def render_png(snapshot: dict, size: tuple[int, int] = DEFAULT_SIZE, scale: float = 1.0) -> bytes:
@@ -122,11 +123,16 @@ def _child_main(conn, parent_pid: int) -> None:
     except OSError:
         return
     spares = [f for f in (_warm_up(),) if f is not None]
+    spare_geometry = (DEFAULT_SIZE, 1.0)    # the next new panel's, most likely: the latest frame's
     while True:
         try:
-            if not conn.poll(PARENT_CHECK_SECONDS):
+            if not conn.poll(PARENT_CHECK_SECONDS if spares else SPARE_IDLE_SECONDS):
                 if os.getppid() != parent_pid:      # parent gone (killed): we were re-parented
                     return
+                if not spares:
+                    # idle: draw a figure for the next new panel now, so that its first frame is a redraw
+                    # (~0.1 s) and not a new figure's first draw (0.6-1 s, when the kernel would draw it too)
+                    spares.extend(f for f in (_warm_up(*spare_geometry),) if f is not None)
                 continue
             msg = conn.recv()
         except (EOFError, OSError):
@@ -137,6 +143,7 @@ def _child_main(conn, parent_pid: int) -> None:
             figures.pop(msg[1], None)
             continue
         _, key, seq, geometry, snap = msg
+        spare_geometry = (tuple(geometry[:2]), geometry[2])
         t0 = time.perf_counter()
         try:
             fig = _figure_for(figures, key, geometry, spares)
@@ -152,10 +159,11 @@ def _child_main(conn, parent_pid: int) -> None:
             return
 
 
-def _warm_up():
-    """Draw one frame of a made-up run: a process's first draw (fonts, text layout, log-axis labels)
-    costs several times a later one, and the first run's first frame should not pay it. Returns the
-    figure (drawn once, it is the first panel's figure), or None."""
+def _warm_up(size=DEFAULT_SIZE, scale: float = 1.0):
+    """Draw one frame of a made-up run on a new figure: a process's first draw (fonts, text layout,
+    log-axis labels) costs several times a later one, and a figure's first draw about twice a redraw;
+    the first run's first frame should pay neither. Returns the figure (drawn once, it becomes the next
+    new panel's figure), or None."""
     import numpy as np
     from .figure import SNAPSHOT_VERSION, LiveFigure
     x = np.arange(1, 41, dtype=np.float32)
@@ -167,7 +175,7 @@ def _warm_up():
     snap = {"version": SNAPSHOT_VERSION, "task": "classification", "metric": "val_accuracy",
             "metric_label": "val accuracy", "stamp": None, "runs": [run]}
     try:
-        fig = LiveFigure(DEFAULT_SIZE)
+        fig = LiveFigure(tuple(size), scale)
         fig.render(snap)
         return fig
     except Exception:  # only a warm-up: the real frames report their own errors
@@ -210,6 +218,7 @@ class Renderer:
         self.frames = 0
         self.last_error: Optional[str] = None
         self.last_render_ms: Optional[float] = None
+        self.last_figure_draws: Optional[int] = None   # full draws of the latest frame's figure, in the process
         self._cond = threading.Condition()
         self._pending: "collections.OrderedDict[Hashable, tuple]" = collections.OrderedDict()
         self._forget: list = []
@@ -424,8 +433,9 @@ class Renderer:
             self._child_died("it exited while drawing")
             return False
         if msg[0] == "frame":
-            _, _, _, png, ms, _ = msg
+            _, _, _, png, ms, draws = msg
             self.last_render_ms = ms
+            self.last_figure_draws = draws
             self._finish(key, seq, png)
         else:
             self._finish(key, seq, None, error=msg[3])
