@@ -38,6 +38,9 @@ Behaviour:
   after the process is up; the first run of a fresh kernel is plotted live.
 * A panel's very first frame is also drawn in the kernel when the renderer has
   not answered within :data:`FIRST_FRAME_PATIENCE` (a busy machine starves it).
+  That is rare: a new figure's first draw costs 0.6-1 s, a redraw ~0.15 s, so the
+  renderer keeps a figure drawn once ready for the next new panel (its warm-up's
+  at the start, another after :data:`SPARE_IDLE_SECONDS` idle).
 * A renderer process that dies is reaped and a new one started for the next
   frame (the frame that was lost is drawn again). If processes cannot be
   started, or die more than :data:`MAX_RESTARTS` times in a minute, frames are
