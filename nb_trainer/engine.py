@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import events as ev
+from .allocator import keep_freed_memory
 from .callbacks import Callback, EarlyStopping
 from .checkpoints import Checkpoints
 from .config import TrainConfig
@@ -225,6 +226,8 @@ class Engine:
         if fatal:
             raise TrainingDataError("; ".join(f"{w.code}: {w.message}" for w in fatal))
         model.load_state_dict(self.start_state)
+        if self.params and self.params[0].device.type == "cpu":
+            keep_freed_memory()     # a CPU step reuses the memory the last one freed (allocator.py)
         set_dropout(model, cfg.dropout, self.dropout_p)
         # the CPU generator (dropout, init): torch.manual_seed would also walk the CUDA machinery
         torch.random.default_generator.manual_seed(cfg.seed)
