@@ -106,6 +106,10 @@ def grid(ray_cluster, digits, tmp_path_factory):
     from conftest import mlp
     store = tmp_path_factory.mktemp("grid-store")
     t = _trainer(digits, mlp, store, delay=0.02)       # about 0.5 s an epoch
+    deadline = time.monotonic() + 60
+    while len(_idle_workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)                     # Ray starts one idle worker per core with the cluster
+    idle = _idle_workers()
     t0 = time.monotonic()
     sweep = t.sweep({"lr": [0.01, 0.03, 0.1, 10.0]}, parallel=2, scheduler="fifo", optimizer="sgd", epochs=6)
     first_epoch = None
@@ -114,7 +118,20 @@ def grid(ray_cluster, digits, tmp_path_factory):
             first_epoch = time.monotonic() - t0
         time.sleep(0.05)
     return {"trainer": t, "sweep": sweep, "store": store, "seconds": time.monotonic() - t0,
-            "first_epoch": first_epoch}
+            "first_epoch": first_epoch, "idle_workers": idle}
+
+
+def _idle_workers() -> set:
+    """The pids of the cluster's idle worker processes (Ray names them ``ray::IDLE``)."""
+    import psutil
+    found = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("ray::IDLE"):
+                found.add(p.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_every_trial_of_the_grid_ran(grid):
@@ -132,6 +149,24 @@ def test_the_trials_trained_in_parallel_on_two_workers(grid):
     assert len({r.worker["pid"] for r in runs}) >= 2
     first, second = runs[0], runs[1]
     assert first.started_at < second.ended_at and second.started_at < first.ended_at
+
+
+def test_the_first_trials_ran_on_the_clusters_idle_workers_with_their_imports_done(grid):
+    # Tune's own runtime_env for its trial actors would make Ray start a new process for each (and
+    # the control actor would take an idle one): the local Ray gives its processes that environment
+    # from the start, so the trials take the workers Ray started, and preloaded, with the cluster
+    assert len(grid["idle_workers"]) >= 2
+    pids = {r.worker["pid"] for r in grid["sweep"].runs}
+    assert pids <= grid["idle_workers"], (pids, grid["idle_workers"])
+    assert "PL_DISABLE_FORK" not in os.environ      # the kernel's own environment is left as it was
+    from ray.tune.execution import class_cache
+    assert "PL_DISABLE_FORK" not in class_cache.DEFAULT_ENV_VARS   # (restored at shutdown: below)
+
+
+def test_one_control_actor_serves_every_sweep_of_the_connection(grid):
+    from nb_trainer.sweep import control
+    assert grid["sweep"].done
+    assert grid["sweep"]._control._actor_id == control.shared()._actor_id   # kept, and the next sweep's
 
 
 def test_a_trial_set_to_diverge_is_recorded_diverged(grid):
@@ -303,3 +338,5 @@ def test_shutdown_leaves_no_ray_process(ray_cluster, wait_until):
     assert wait_until(gone, timeout=30, interval=0.2), [(p.pid, p.name(), " ".join(p.cmdline())[:200])
                                                         for p in procs if p.is_running()]
     assert cluster.shutdown() is False          # nothing left to shut down
+    from ray.tune.execution import class_cache
+    assert class_cache.DEFAULT_ENV_VARS.get("PL_DISABLE_FORK") == "1"   # Tune's own again, for other clusters

@@ -102,3 +102,22 @@ def test_a_trial_the_scheduler_ends_is_recorded_stopped_with_why(trainer):
     run = sweep.runs[0]
     assert run.status == "stopped" and len(run.epochs) == 1
     assert "ASHA" in run.stop_reason
+
+
+def test_the_control_keeps_each_sweeps_stop_flags_apart():
+    import asyncio
+    from nb_trainer.sweep.control import SweepControl
+
+    async def scenario():
+        c = SweepControl()
+        waiting = asyncio.ensure_future(c.wait("sweep-b", "t1", 5.0))
+        await c.stop("sweep-a", None, "sweep a was stopped")
+        assert await c.wait("sweep-a", "t1", 0.01) == "sweep a was stopped"
+        assert await c.wait("sweep-b", "t2", 0.01) is None        # another sweep's trial runs on
+        await c.stop("sweep-b", "t1", "stopped early by ASHA")
+        assert await asyncio.wait_for(waiting, 1.0) == "stopped early by ASHA"   # woken at once
+        assert await c.wait("sweep-b", "t2", 0.01) is None
+        await c.forget("sweep-a")
+        await c.forget("sweep-b")
+        assert await c.wait("sweep-a", "t1", 0.01) is None and await c.wait("sweep-b", "t1", 0.01) is None
+    asyncio.run(scenario())

@@ -119,7 +119,7 @@ class Sweep:
             self._stop.set()
             control = self._control
         if control is not None:
-            control.stop.remote(None, reason)
+            control.stop.remote(self.id, None, reason)
 
     @property
     def best(self) -> Optional[Run]:
@@ -156,10 +156,11 @@ class Sweep:
             if self._stop.is_set():
                 return
             from . import control
+            shared = control.shared()
             with self._lock:
-                self._control = control.start()
+                self._control = shared
                 if self._stop.is_set():
-                    self._control.stop.remote(None, self._stop_reason)
+                    self._control.stop.remote(self.id, None, self._stop_reason)
             self.status = "running"
             storage = tempfile.mkdtemp(prefix="nbt-tune-")
             tuner = self._tuner(storage)
@@ -184,7 +185,7 @@ class Sweep:
             model=_cpu_copy(t.model), initial_state={k: v.detach().to("cpu") for k, v in t.initial_state.items()},
             train=t._sweep_data["train"], val=t._sweep_data["val"],
             trainer_kwargs={k: v for k, v in t._sweep_data.items() if k not in ("train", "val")},
-            base=self.base, metric=self.metric, control=self._control)
+            base=self.base, metric=self.metric, control=self._control, sweep_id=self.id)
         trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), {"cpu": 1})
         config = tune.TuneConfig(metric=self.metric, mode=self.mode, scheduler=self._make_scheduler(),
                                  num_samples=self.num_samples, max_concurrent_trials=self.parallel,
@@ -218,8 +219,7 @@ class Sweep:
         if self._store is not None:
             self._store.release()
         if self._control is not None:
-            import ray
-            ray.kill(self._control)      # the trials are gone; so are their stop flags
+            self._control.forget.remote(self.id)      # the trials are gone; so are their stop flags
         with self._lock:
             if self.error is not None:
                 self.status = "failed"
@@ -290,7 +290,7 @@ class Sweep:
                       f"trailed the other trials'")
         self._end(run, "stopped", stop_reason=reason)
         if self._control is not None:
-            self._control.stop.remote(trial_id, reason)   # its worker is free now, not at its next epoch end
+            self._control.stop.remote(self.id, trial_id, reason)   # its worker is free now, not at its next epoch end
 
     def _end(self, run: Run, status: str, stop_reason: str = "", error: Optional[BaseException] = None,
              ended_at: Optional[float] = None) -> None:

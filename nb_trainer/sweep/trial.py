@@ -40,7 +40,8 @@ class TrialPayload:
     trainer_kwargs: dict             # task, loss, target, inputs, step, diagnostics
     base: TrainConfig                # the fixed fields; each trial's own values go over them
     metric: str                      # the value Tune ranks trials by (the task's main metric)
-    control: Any = None              # the sweep's SweepControl actor
+    control: Any = None              # the SweepControl actor (shared by the sweeps of a Ray connection)
+    sweep_id: str = ""               # the sweep's id: its flags in that actor
     threads: int = 1                 # torch threads per trial
     extra: dict = field(default_factory=dict)
 
@@ -156,12 +157,12 @@ class TrialReporter(Callback):
         return {c: [cols[c][i] for i in keep] for c in HISTORY_COLUMNS}
 
 
-def _watch(control, trial_id: str, trainer, reporter: TrialReporter, done: threading.Event) -> None:
+def _watch(control, sweep_id: str, trial_id: str, trainer, reporter: TrialReporter, done: threading.Event) -> None:
     """Wait on the control actor; told to stop, stop the run (at its next step)."""
     import ray
     while not done.is_set():
         try:
-            reason = ray.get(control.wait.remote(trial_id, WAIT_SECONDS))
+            reason = ray.get(control.wait.remote(sweep_id, trial_id, WAIT_SECONDS))
         except ray.exceptions.RayError:
             return      # the driver (and its actor) is gone: Tune ends this trial
         if reason is not None:
@@ -199,7 +200,7 @@ def run_trial(config: dict, payload: TrialPayload) -> None:
     run = trainer.start(cfg)
     if payload.control is not None:
         trial_id = tune.get_context().get_trial_id()
-        threading.Thread(target=_watch, args=(payload.control, trial_id, trainer, reporter, done),
+        threading.Thread(target=_watch, args=(payload.control, payload.sweep_id, trial_id, trainer, reporter, done),
                          name="nbt-trial-stop", daemon=True).start()
     try:
         run.wait()
