@@ -71,9 +71,11 @@ def trainer(store, hidden: int = 1024, batch_size: int = 32) -> nbt.Trainer:
 
 def calibrate(t: nbt.Trainer, seconds: float) -> int:
     """Epochs that make one run last about ``seconds`` here."""
-    t.start(lr=1e-3, epochs=3)
+    t.start(lr=1e-3, epochs=2)
+    t.wait()                        # the process's first run (its imports, first allocations) is not the measure
+    t.start(lr=1e-3, epochs=4)
     run = t.wait()
-    per_epoch = statistics.median(e["seconds"] for e in run.epochs[1:]) * 1.05   # + validation, probes
+    per_epoch = (run.ended_at - run.started_at) / len(run.epochs)   # the run's own overheads included
     return max(2, round(seconds / per_epoch))
 
 
