@@ -5,8 +5,9 @@ to ``None``), the optimizer's temporaries, the activations. glibc's ``malloc`` h
 blocks back to the kernel: its mmap threshold starts at 128 KiB and only grows as such blocks
 are freed, and a heap is trimmed once twice that lies free at its top. The next step then
 faults every page of those blocks in again, in system time. On the digits MLP (64-1024-1024-10,
-batch 32, one thread) that was 10k-20k minor faults an epoch, 5-12% of the run's CPU time in the
-kernel, and a first epoch 1.5x the others (``benchmarks/bench_allocator.py`` measures it).
+batch 32, one thread) that was about 20k minor faults an epoch (medians 18k and 21k; at times a
+storm of 100k), 9-11% of the run's CPU time in the kernel, and a first epoch 1.5x the others;
+kept, 3k an epoch, under 3%, and the run 1.04-1.09x faster (medians; ``benchmarks/bench_allocator.py``).
 
 :func:`keep_freed_memory` fixes both thresholds (``mallopt``) once per process, the first time
 a run trains on the CPU: blocks up to 32 MiB (the ceiling of glibc's own adaptive threshold)
