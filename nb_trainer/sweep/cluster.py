@@ -38,6 +38,8 @@ USAGE_ENV = "RAY_USAGE_STATS_ENABLED"
 # code (torch, the engine) and Ray Tune's trainable; torch._dynamo is what building an optimizer
 # imports first (1.3 s here)
 PRELOAD = ("torch", "torch._dynamo", "ray.tune", "nb_trainer.sweep.trial", "nb_trainer.session")
+# each preloaded idle worker holds about 460 MiB (320 of its own) here: NBT_RAY_PRELOAD=0 leaves them bare
+PRELOAD_ENV = "NBT_RAY_PRELOAD"
 # Tune's environment for its trial actors (ray.tune.execution.class_cache.DEFAULT_ENV_VARS), given
 # to the local Ray's processes from the start instead
 TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
@@ -124,8 +126,9 @@ def _start_local(ray, num_cpus: int, quiet: dict) -> None:
     saved = {k: os.environ.get(k) for k in TUNE_ACTOR_ENV}
     os.environ.update(TUNE_ACTOR_ENV)    # inherited by Ray's processes, its workers among them
     try:
+        preload = os.environ.get(PRELOAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _system_config={"preload_python_modules": list(PRELOAD)},
+                 _system_config={"preload_python_modules": list(PRELOAD) if preload else []},
                  **({"_node_ip_address": "127.0.0.1"} if loopback else {}), **quiet)
     finally:
         for k, v in saved.items():     # the kernel's own environment stays as it was
