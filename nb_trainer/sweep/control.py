@@ -25,7 +25,7 @@ from typing import Optional
 OWN_ENV = {"env_vars": {"NBT_SWEEP_CONTROL": "1"}}
 
 _lock = threading.Lock()
-_shared: dict = {}      # {"job": the Ray job id the actor belongs to, "actor": its handle}
+_shared: dict = {}      # {"job": the Ray job id the actor belongs to, "actor": its handle, "up": its first ping}
 
 
 class SweepControl:
@@ -84,12 +84,14 @@ def shared():
     job = ray.get_runtime_context().get_job_id()
     with _lock:
         actor = _shared.get("actor") if _shared.get("job") == job else None
-        if actor is not None:
+        # an actor still starting (its process imports torch like every worker of a local Ray: seconds)
+        # is used as it is: calls wait for it, and the sweep's trials need not
+        if actor is not None and ray.wait([_shared["up"]], timeout=0)[0]:
             try:
                 ray.get(actor.ping.remote(), timeout=10)
             except (ray.exceptions.RayError, TimeoutError):
                 actor = None     # it died with its worker: a new one
         if actor is None:
             actor = ray.remote(num_cpus=0, max_restarts=0)(SweepControl).options(runtime_env=OWN_ENV).remote()
-            _shared.update(job=job, actor=actor)
+            _shared.update(job=job, actor=actor, up=actor.ping.remote())
         return actor
