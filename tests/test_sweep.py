@@ -169,6 +169,31 @@ def test_one_control_actor_serves_every_sweep_of_the_connection(grid):
     assert grid["sweep"]._control._actor_id == control.shared()._actor_id   # kept, and the next sweep's
 
 
+def _imported_torch(pid: int) -> bool:
+    """Has that process loaded torch's library (it is in its memory map)?"""
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_a_later_sweep_finds_idle_preloaded_workers_again(grid, digits, tmp_path, wait_until):
+    # Ray ends a trial's process with its actor and starts idle workers only with the cluster: the
+    # sweep that ended asked it for as many as it used, they import torch while idle, and the next
+    # sweep's trials take them instead of starting processes of their own
+    from conftest import mlp
+    used = {r.worker["pid"] for r in grid["sweep"].runs}
+    assert wait_until(lambda: len([p for p in _idle_workers() - used if _imported_torch(p)]) >= 2, timeout=90), \
+        (_idle_workers(), used)
+    idle = _idle_workers() - used
+    t = _trainer(digits, mlp, tmp_path / "store", delay=0.02)      # about 0.5 s an epoch: both train at once
+    sweep = t.sweep({"lr": [0.01, 0.03]}, parallel=2, scheduler="fifo", optimizer="sgd", epochs=3)
+    sweep.wait(timeout=120)
+    assert sweep.status == "finished", sweep.error
+    pids = {r.worker["pid"] for r in sweep.runs}
+    assert len(pids) == 2 and pids <= idle, (pids, idle)
+
+
 def test_a_trial_set_to_diverge_is_recorded_diverged(grid):
     run = next(r for r in grid["sweep"].runs if r.config.lr == 10.0)
     assert run.status == "diverged"

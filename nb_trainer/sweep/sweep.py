@@ -220,6 +220,11 @@ class Sweep:
             self._store.release()
         if self._control is not None:
             self._control.forget.remote(self.id)      # the trials are gone; so are their stop flags
+        if self.cluster is not None:
+            # the trials' worker processes end with their actors: the next sweep's trials get idle ones
+            from .cluster import refill_idle_workers
+            refill_idle_workers(len({(r.worker.get("host"), r.worker.get("pid")) for r in self.runs
+                                     if getattr(r, "worker", None)}))
         with self._lock:
             if self.error is not None:
                 self.status = "failed"
