@@ -17,6 +17,13 @@ Per repeat, alternating which side goes first:
   local Ray for as many idle workers again, which import while idle: each side of a repeat starts
   once the machine is quiet. The summary gives the first sweep and the later ones apart.
 
+Beside each repeat, **the machine's ceiling** for this workload, without Ray: two runs in two plain
+processes (each a Trainer, set up and warmed before the clock starts) side by side against the same
+two one after another. Two single-threaded runs of this MLP slow each other down: each one's
+weights, gradients and Adam state (about 17 MB at 1024 hidden units) fit the shared L3 cache
+(32 MiB here) alone, and two do not, so each pays more CPU per epoch beside the other. No sweep
+can beat that ratio; the sweep's speed-up over it is what Ray and Tune cost.
+
 Reported: the **speed-up** (sequential wall time / sweep wall time; target >= 1.6 on 2 cores),
 and the **time to the first epoch** (from the ``t.sweep`` call to the first trial's first epoch
 reaching the driver); and the CPU time per epoch of a trial's worker process against the
@@ -107,6 +114,46 @@ def sweep(t: nbt.Trainer, epochs: int) -> tuple[float, float, float, object]:
     return took, sw.first_epoch_at - started, cpu, sw
 
 
+def child(epochs: int, hidden: int, batch_size: int) -> None:
+    """One plain process's run, for the ceiling: set up and warmed, then trained when the parent says go."""
+    torch.set_num_threads(1)
+    t = trainer(None, hidden, batch_size)
+    t.start(lr=1e-3, epochs=2)
+    t.wait()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0, c0 = time.perf_counter(), time.process_time()
+    t.start(lr=1e-3, epochs=epochs)
+    run = t.wait()
+    assert run.status == "finished", (run.status, run.error)
+    print(time.perf_counter() - t0, time.process_time() - c0, flush=True)
+
+
+def ceiling(epochs: int, hidden: int, batch_size: int) -> dict:
+    """Two runs in plain processes, one after another and side by side: the most two-way parallelism gives here."""
+    import subprocess
+
+    def together(n: int) -> list:
+        procs = [subprocess.Popen([sys.executable, __file__, "--child", str(epochs), "--hidden", str(hidden),
+                                   "--batch-size", str(batch_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(n)]
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        out = [p.communicate()[0].split() for p in procs]
+        return [(float(o[0]), float(o[1])) for o in out]
+
+    alone = together(1) + together(1)
+    side = together(2)
+    one_after_another = sum(w for w, _ in alone)
+    return {"one_after_another_s": one_after_another, "side_by_side_s": max(w for w, _ in side),
+            "ceiling": one_after_another / max(w for w, _ in side),
+            "cpu_per_epoch_alone_s": statistics.mean(c for _, c in alone) / epochs,
+            "cpu_per_epoch_side_by_side_s": statistics.mean(c for _, c in side) / epochs}
+
+
 def settle(timeout: float = 60.0) -> float:
     """Wait until the machine is quiet (the local Ray's idle workers done with their imports); seconds waited."""
     import psutil
@@ -125,7 +172,10 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024, help="width of the MLP's two hidden layers")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "bench_sweep.json"))
+    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)   # epochs: one run of the ceiling
     args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.hidden, args.batch_size)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as store:
         t = trainer(store, args.hidden, args.batch_size)
@@ -152,13 +202,20 @@ def main() -> None:
                 settle()
                 seq, seq_cpu = sequential(t, epochs)
             per_trial = statistics.median(r.ended_at - r.started_at for r in sw.runs)
+            settle()
+            top = ceiling(epochs, args.hidden, args.batch_size)
             rows.append({"sequential_s": seq, "sweep_s": par, "speedup": seq / par, "first_epoch_s": first,
                          "trial_median_s": per_trial, "cpu_per_epoch_sequential_s": seq_cpu,
-                         "cpu_per_epoch_trial_s": trial_cpu, "load": os.getloadavg()[0]})
+                         "cpu_per_epoch_trial_s": trial_cpu, "load": os.getloadavg()[0], "plain_processes": top,
+                         "of_ceiling": seq / par / top["ceiling"]})
             print(f"repeat {i + 1}: sequential {seq:.1f} s, sweep {par:.1f} s -> speed-up {seq / par:.2f}x; "
                   f"first epoch after {first:.1f} s; a trial took {per_trial:.1f} s (median); CPU per epoch "
                   f"{seq_cpu:.3f} s sequential, {trial_cpu:.3f} s in a trial; load {os.getloadavg()[0]:.2f}",
                   flush=True)
+            print(f"          ceiling (2 plain processes, no Ray): {top['one_after_another_s']:.1f} s one after another, "
+                  f"{top['side_by_side_s']:.1f} s side by side -> {top['ceiling']:.2f}x, CPU per epoch "
+                  f"{top['cpu_per_epoch_alone_s']:.3f} s alone, {top['cpu_per_epoch_side_by_side_s']:.3f} s side by side; "
+                  f"the sweep reached {seq / par / top['ceiling']:.2f} of it", flush=True)
         cluster.shutdown()
     speedups = [r["speedup"] for r in rows]
     firsts = [r["first_epoch_s"] for r in rows]
@@ -169,6 +226,13 @@ def main() -> None:
     print(f"speed-up: median {summary['speedup_median']:.2f}x, range {min(speedups):.2f}-{max(speedups):.2f}x "
           f"(target >= 1.6x); time to the first epoch: median {summary['first_epoch_median_s']:.1f} s, "
           f"range {min(firsts):.1f}-{max(firsts):.1f} s")
+    tops = [r["plain_processes"]["ceiling"] for r in rows]
+    ofs = [r["of_ceiling"] for r in rows]
+    summary.update({"ceiling_median": statistics.median(tops), "ceiling_range": [min(tops), max(tops)],
+                    "of_ceiling_median": statistics.median(ofs), "of_ceiling_range": [min(ofs), max(ofs)]})
+    print(f"the machine's ceiling (2 plain processes side by side): median {statistics.median(tops):.2f}x, range "
+          f"{min(tops):.2f}-{max(tops):.2f}x; the sweep's speed-up over it: median {statistics.median(ofs):.2f}, "
+          f"range {min(ofs):.2f}-{max(ofs):.2f}")
     print(f"the first sweep (on the cluster's idle workers): speed-up {rows[0]['speedup']:.2f}x, first epoch after "
           f"{rows[0]['first_epoch_s']:.1f} s")
     if len(rows) > 1:
