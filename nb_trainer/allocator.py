@@ -28,6 +28,8 @@ import os
 import platform
 import threading
 
+from .switches import is_on
+
 ENV = "NBT_KEEP_FREED_MEMORY"
 MMAP_THRESHOLD = 32 << 20     # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: it refuses more
 TRIM_THRESHOLD = 512 << 20
@@ -44,7 +46,7 @@ _state: dict = {}
 
 def applies() -> bool:
     """Would :func:`keep_freed_memory` change anything in this process?"""
-    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not is_on(ENV):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -27,7 +27,8 @@ def headless_modules() -> list[str]:
     names = ["nb_trainer.config", "nb_trainer.data", "nb_trainer.metrics", "nb_trainer.engine",
              "nb_trainer.events", "nb_trainer.run", "nb_trainer.session", "nb_trainer.health",
              "nb_trainer.step", "nb_trainer.tasks", "nb_trainer.wiring", "nb_trainer.callbacks",
-             "nb_trainer.optim", "nb_trainer.probes", "nb_trainer.checkpoints", "nb_trainer.steplog"]
+             "nb_trainer.optim", "nb_trainer.probes", "nb_trainer.checkpoints", "nb_trainer.steplog",
+             "nb_trainer.allocator", "nb_trainer.switches"]
     names += sorted(f"nb_trainer.health.{p.stem}" for p in (PACKAGE / "health").glob("*.py")
                     if p.stem != "__init__")
     names += [f"nb_trainer.{m}" for m in ("store", "lr_finder", "door")

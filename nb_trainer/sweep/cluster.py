@@ -36,6 +36,8 @@ import queue
 import threading
 from typing import Optional
 
+from ..switches import is_on
+
 INSTALL_HINT = 'pip install "nb_trainer[ray]"'
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 USAGE_ENV = "RAY_USAGE_STATS_ENABLED"
@@ -134,7 +136,7 @@ def _start_local(ray, num_cpus: int, quiet: dict) -> None:
     saved = {k: os.environ.get(k) for k in TUNE_ACTOR_ENV}
     os.environ.update(TUNE_ACTOR_ENV)    # inherited by Ray's processes, its workers among them
     try:
-        preload = os.environ.get(PRELOAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        preload = is_on(PRELOAD_ENV)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  _system_config={"preload_python_modules": list(PRELOAD) if preload else []},
                  **({"_node_ip_address": "127.0.0.1"} if loopback else {}), **quiet)
@@ -175,6 +177,7 @@ def refill_idle_workers(count: int) -> int:
     the first ones did. Uses the raylet's own request for it (``PrestartWorkers``, on loopback);
     returns how many were asked for, 0 when there is no local Ray of ours or Ray refused (nothing
     else changes then: the next trials start new processes)."""
+    count = int(count)
     if count <= 0:
         return 0
     try:
@@ -188,13 +191,13 @@ def refill_idle_workers(count: int) -> int:
             request = node_manager_pb2.PrestartWorkersRequest(
                 language=common_pb2.PYTHON, job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
                 runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env="{}"),
-                keep_alive_duration_secs=REFILL_KEEP_ALIVE_S, num_workers=int(count))
+                keep_alive_duration_secs=REFILL_KEEP_ALIVE_S, num_workers=count)
             channel = init_grpc_channel(f"{node.node_ip_address}:{node.node_manager_port}")
             try:
                 node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
             finally:
                 channel.close()
-            return int(count)
+            return count
     except Exception as e:  # a Ray without that request, or one going down: the next trials start processes
         logging.getLogger(__name__).debug("no idle workers started after the sweep: %r", e)
         return 0
