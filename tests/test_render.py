@@ -294,6 +294,49 @@ def test_blitted_frames_equal_a_full_redraw():
     assert np.array_equal(pixels(blitted), pixels(R.render_png(snap)))
 
 
+@pytest.mark.parametrize("size, scale", [((720, 440), 1.0), ((480, 300), 1.0), ((1100, 600), 2.0)])
+@pytest.mark.parametrize("change", ["grad_norm falls", "loss jumps", "metric falls"])
+def test_a_y_limit_change_redraws_only_its_axes_and_equals_a_full_redraw(size, scale, change):
+    """Only one axes' y limits change (what most runs do as they end): that axes alone is drawn again, and
+    the frame is pixel for pixel what a full redraw at the same limits gives."""
+    runs = five_runs(n=400)
+    cur = runs[-1]
+    partial, full = F.LiveFigure(size, scale), F.LiveFigure(size, scale)
+    full._redraw_axes = lambda snap, limits: False          # the reference: every limit change redraws all
+    for fig in (partial, full):
+        fig.render(F.snapshot(runs, "classification"))
+    steps = np.arange(201, 221)
+    norm, loss = np.full(20, 1.0), np.full(20, 0.5)
+    if change == "grad_norm falls":
+        norm = np.full(20, 1e-6)
+    elif change == "loss jumps":
+        loss = np.full(20, 4e5)            # a linear axis in the hundreds of thousands: wider tick labels
+    extend(cur, steps, loss, norm, 0.001, 100)
+    if change == "metric falls":
+        add_epoch(cur, 2, "classification", 0.5)
+        cur.epochs[-1]["val_accuracy"] = 0.001      # below the metric axis: its title's note changes too
+    snap = F.snapshot(runs, "classification")
+    frames = [fig.render(snap) for fig in (partial, full)]
+    assert partial._limits == full._limits
+    assert (partial.full_draws, partial.partial_draws) == (1, 1), (partial.full_draws, partial.partial_draws)
+    assert full.full_draws == 2
+    assert np.array_equal(pixels(frames[0]), pixels(frames[1]))
+    # and the next frames blit on that background as on a full one
+    extend(cur, np.arange(221, 231), np.full(10, 0.5), np.full(10, 1.0), 0.001, 100)
+    snap = F.snapshot(runs, "classification")
+    assert np.array_equal(pixels(partial.render(snap)), pixels(full.render(snap)))
+    assert partial.full_draws == 1
+
+
+def test_an_x_limit_change_is_a_full_redraw():
+    run = make_run(100, status="running", epochs=1)
+    fig = F.LiveFigure()
+    fig.render(F.snapshot([run], "classification"))
+    extend(run, np.arange(101, 400), np.full(299, 0.5), np.full(299, 1e-6), 0.01, 100)   # past x_total, and y
+    fig.render(F.snapshot([run], "classification"))
+    assert (fig.full_draws, fig.partial_draws) == (2, 0)
+
+
 def test_axis_headroom_keeps_full_redraws_rare_while_a_run_grows():
     # no planned length (a DataLoader without len): the x axis has to grow, by doubling
     rng = np.random.default_rng(0)

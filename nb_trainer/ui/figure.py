@@ -15,7 +15,9 @@ Two halves, so that the expensive one can run in another process:
   axes, faint runs and legend are drawn once and cached as a background,
   each frame restores it and draws only the current run's lines. Axis limits
   leave headroom (2x on linear axes, a decade on log axes) so a full redraw
-  is rare. Uses ``Figure`` + ``FigureCanvasAgg``, never pyplot.
+  is rare; when only y limits change (a run's gradient norm falls below its
+  axis as it converges), only those axes are drawn again on the background.
+  Uses ``Figure`` + ``FigureCanvasAgg``, never pyplot.
 
 Snapshot layout (version 1)::
 
@@ -41,7 +43,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.transforms import ScaledTranslation
+from matplotlib.patches import Rectangle
+from matplotlib.transforms import Bbox, IdentityTransform, ScaledTranslation
 
 from ..tasks import TASK_TABLE
 
@@ -51,6 +54,7 @@ SNAPSHOT_VERSION = 1
 STEP_SERIES = ("loss", "grad_norm", "lr")
 EPOCH_SERIES = ("val_loss", "metric")
 SERIES = STEP_SERIES + EPOCH_SERIES
+AXES = ("loss", "metric", "grad_norm", "lr")
 
 # the epoch-record name and axis title of each task's main metric, from the one task table
 MAIN_METRIC = {name: ("val_" + t.main, t.main_label) for name, t in TASK_TABLE.items()}
@@ -432,7 +436,9 @@ class LiveFigure:
     Attributes
     ----------
     full_draws : int
-        How many frames needed a full redraw (run set, legend or limits changed).
+        How many frames needed a full redraw (run set, legend or x limits changed).
+    partial_draws : int
+        How many frames redrew some axes alone (only their y limits changed).
     frames : int
         Frames drawn.
     """
@@ -473,7 +479,12 @@ class LiveFigure:
         self._background = None
         self._background_key = None
         self._limits: dict[str, tuple] = {}
+        # paints the figure's background colour over one axes' region before it is drawn again alone
+        self._eraser = Rectangle((0, 0), 1, 1, transform=IdentityTransform(), facecolor=self.fig.get_facecolor(),
+                                 edgecolor="none", linewidth=0)
+        self._eraser.set_figure(self.fig)
         self.full_draws = 0
+        self.partial_draws = 0
         self.frames = 0
 
     def _line(self, series: str, alpha: float, current: bool) -> Line2D:
@@ -503,9 +514,11 @@ class LiveFigure:
         key = (snap["task"], snap["metric_label"],
                None if cur is None else (cur["id"], cur["label"]),
                tuple((r["id"], r["label"], r.get("version"), _len(r)) for r in faint))
-        if key != self._background_key or limits != self._limits or self._background is None:
+        if key != self._background_key or self._background is None:
             self._full_draw(snap, cur, faint, limits)
             self._background_key = key
+        elif limits != self._limits and not self._redraw_axes(snap, limits):
+            self._full_draw(snap, cur, faint, limits)
         self.canvas.restore_region(self._background)
         for line in self.current.values():
             line.axes.draw_artist(line)
@@ -525,16 +538,64 @@ class LiveFigure:
         return out.getvalue()
 
     # -- full redraw ----------------------------------------------------------------------------
-    def _full_draw(self, snap, cur, faint, limits) -> None:
+    def _apply_limits(self, snap, limits) -> None:
         self._limits = limits
-        xl = limits["x"]
-        self.axes["loss"].set_xlim(*xl)
-        for name in ("loss", "metric", "grad_norm", "lr"):
+        self.axes["loss"].set_xlim(*limits["x"])      # shared by all four
+        for name in AXES:
             self.axes[name].set_ylim(*limits[name])
         title = snap["metric_label"]
         if limits["metric_below"]:
             title += f" (values below {limits['metric'][0]:g} off the axis)"
         self.axes["metric"].set_title(title, fontsize=TITLE_PX, pad=3, y=1.0)
+
+    def _redraw_axes(self, snap, limits) -> bool:
+        """Only some y limits changed (a run's gradient norm fell below its axis, say): redraw those axes alone
+        on the cached background (about a third of a full redraw). False where it
+        cannot be done that way: the x limits changed (all four axes share them), or what is erased would
+        reach another axes, its title or a legend.
+
+        What a y-limit change alters lies in the axes' rectangle and its y tick labels (and the title, for the
+        metric's "values below" note): that region, as it was and as it becomes, and the x axis's, is painted
+        over with the figure's colour, and the axes drawn again whole."""
+        if limits["x"] != self._limits.get("x"):
+            return False
+        changed = [name for name in AXES if limits[name] != self._limits.get(name)]
+        if limits["metric_below"] != self._limits.get("metric_below") and "metric" not in changed:
+            changed.append("metric")
+        renderer = self.canvas.get_renderer()
+
+        def region(*boxes):
+            return Bbox.union([b for b in boxes if b is not None])      # an axis with nothing to draw has none
+
+        def axes_region(ax):
+            return region(ax.bbox.padded(self.scale), ax.yaxis.get_tightbbox(renderer),
+                          ax.title.get_window_extent(renderer))
+        old = {name: axes_region(self.axes[name]) for name in changed}
+        # the x axis (ticks, their labels, the "step" label) does not change, but is drawn again with the axes:
+        # its region is painted over too
+        xboxes = [self.axes[name].xaxis.get_tightbbox(renderer) for name in changed]
+        self._apply_limits(snap, limits)
+        regions = [region(old[n], axes_region(self.axes[n]), x).padded(self.scale) for n, x in zip(changed, xboxes)]
+        others = [leg.get_window_extent(renderer) for leg in self._legends]
+        for name in AXES:
+            if name not in changed:
+                ax = self.axes[name]
+                others += [ax.bbox.padded(4 * self.scale), ax.title.get_window_extent(renderer),
+                           ax.yaxis.get_tightbbox(renderer)]
+        if any(r.overlaps(b) for r in regions for b in others if b is not None):
+            return False        # the full draw that follows draws everything at the new limits
+        self.canvas.restore_region(self._background)
+        for box in regions:
+            self._eraser.set_bounds(box.x0, box.y0, box.width, box.height)
+            self._eraser.draw(renderer)
+        for name in changed:
+            self.axes[name].draw(renderer)       # its animated (current-run) lines are left out, as in a full draw
+        self._background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.partial_draws += 1
+        return True
+
+    def _full_draw(self, snap, cur, faint, limits) -> None:
+        self._apply_limits(snap, limits)
         for leg in self._legends:
             leg.remove()
         self._legends = self._make_legends(cur, faint)
