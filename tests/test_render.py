@@ -328,6 +328,38 @@ def test_a_y_limit_change_redraws_only_its_axes_and_equals_a_full_redraw(size, s
     assert partial.full_draws == 1
 
 
+def full_redraw(fig: F.LiveFigure) -> np.ndarray:
+    """The figure's current frame drawn the plain way: every artist by matplotlib's own full draw, then
+    the current run's (animated) lines over it."""
+    fig.canvas.draw()
+    for line in fig.current.values():
+        line.axes.draw_artist(line)
+    return pixels(fig.png())
+
+
+@pytest.mark.parametrize("size, scale", [((720, 440), 1.0), ((560, 340), 2.0)])
+def test_slider_restarts_reuse_the_drawn_axes_and_equal_a_full_draw(size, scale):
+    """Runs restarted from the same weights start at the limits the last one started at: their first frame
+    reuses the axes drawn then (ticks, grids, titles) and draws only lines and legends over them, and looks
+    exactly as a full draw does."""
+    fig = F.LiveFigure(size, scale)
+    runs = []
+    for r in range(3):
+        runs.append(make_run(0, lr=1e-3 * (r + 1), note=f"lr {r}", status="running", epochs=3, seed=r))
+        for k in range(3):          # three frames a run: its start, mid-way, its end
+            steps = np.arange(k * 100 + 1, k * 100 + 101)
+            norm = np.geomspace(1.0, 1e-3, 300)[k * 100:k * 100 + 100]     # falls below its axis late
+            extend(runs[-1], steps, np.linspace(2.3, 0.3, 300)[k * 100:k * 100 + 100], norm, 1e-3 * (r + 1), 100)
+            add_epoch(runs[-1], k + 1, "classification", 2.0 - 0.5 * k)
+            if k == 2:
+                runs[-1].status = "finished"
+            frame = pixels(fig.render(F.snapshot(runs, "classification")))
+            assert np.array_equal(frame, full_redraw(fig)), (r, k)
+    assert fig.full_draws == 3, fig.full_draws          # a run's start; its end changes only y limits
+    # the first restart has a faint run to fit the metric axis to as well; the second finds its axes
+    assert fig.chrome_draws == 2, fig.chrome_draws
+
+
 def test_an_x_limit_change_is_a_full_redraw():
     run = make_run(100, status="running", epochs=1)
     fig = F.LiveFigure()

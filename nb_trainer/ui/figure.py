@@ -16,7 +16,9 @@ Two halves, so that the expensive one can run in another process:
   each frame restores it and draws only the current run's lines. Axis limits
   leave headroom (2x on linear axes, a decade on log axes) so a full redraw
   is rare; when only y limits change (a run's gradient norm falls below its
-  axis as it converges), only those axes are drawn again on the background.
+  axis as it converges), only those axes are drawn again on the background;
+  a full redraw at limits drawn before (a restarted run's first frame) draws
+  only the lines and legends over the axes kept from then.
   Uses ``Figure`` + ``FigureCanvasAgg``, never pyplot.
 
 Snapshot layout (version 1)::
@@ -55,6 +57,7 @@ STEP_SERIES = ("loss", "grad_norm", "lr")
 EPOCH_SERIES = ("val_loss", "metric")
 SERIES = STEP_SERIES + EPOCH_SERIES
 AXES = ("loss", "metric", "grad_norm", "lr")
+CHROME_CACHE = 3       # a figure keeps its axes drawn without lines at this many sets of limits (1.2 MB each at 720x440)
 
 # the epoch-record name and axis title of each task's main metric, from the one task table
 MAIN_METRIC = {name: ("val_" + t.main, t.main_label) for name, t in TASK_TABLE.items()}
@@ -439,6 +442,9 @@ class LiveFigure:
         How many frames needed a full redraw (run set, legend or x limits changed).
     partial_draws : int
         How many frames redrew some axes alone (only their y limits changed).
+    chrome_draws : int
+        How many full redraws had to draw the axes themselves (ticks, grids, titles): the others found
+        them drawn at the same limits and layout before, and drew only the lines and legends over them.
     frames : int
         Frames drawn.
     """
@@ -483,8 +489,10 @@ class LiveFigure:
         self._eraser = Rectangle((0, 0), 1, 1, transform=IdentityTransform(), facecolor=self.fig.get_facecolor(),
                                  edgecolor="none", linewidth=0)
         self._eraser.set_figure(self.fig)
+        self._chrome: "OrderedDict[tuple, Any]" = OrderedDict()     # drawn axes without lines, by limits and layout
         self.full_draws = 0
         self.partial_draws = 0
+        self.chrome_draws = 0
         self.frames = 0
 
     def _line(self, series: str, alpha: float, current: bool) -> Line2D:
@@ -600,9 +608,45 @@ class LiveFigure:
             leg.remove()
         self._legends = self._make_legends(cur, faint)
         self._empty_text.set_text("" if snap["runs"] else "no runs yet")
-        self.canvas.draw()           # animated (current-run) lines are left out
+        # the axes' frames, ticks, grids and titles at these limits and this layout (a new run's first frame
+        # usually has the limits the previous run's had: a slider restart starts from the same weights)
+        chrome_key = (tuple(sorted(limits.items())), snap["metric_label"], self.fig.subplotpars.top)
+        chrome = self._chrome.pop(chrome_key, None)
+        if chrome is None:
+            chrome = self._draw_chrome()
+        self._chrome[chrome_key] = chrome
+        while len(self._chrome) > CHROME_CACHE:
+            self._chrome.popitem(last=False)
+        self.canvas.restore_region(chrome)
+        # then what a full draw draws over them, in its order: the faint runs (zorder 2), the frames (2.5),
+        # the legends (figure level); the animated (current-run) lines are left out
+        renderer = self.canvas.get_renderer()
+        for ax in self.axes.values():
+            for lines in self.faint:
+                for s in SERIES:
+                    if lines[s].axes is ax:
+                        lines[s].draw(renderer)
+            for spine in ax.spines.values():
+                spine.draw(renderer)
+        for leg in self._legends:
+            leg.draw(renderer)
         self._background = self.canvas.copy_from_bbox(self.fig.bbox)
         self.full_draws += 1
+
+    def _draw_chrome(self):
+        """A full draw without the runs' lines, the axes' frames and the legends (drawn over it by
+        :meth:`_full_draw`): the region to restore."""
+        hidden = [line for lines in self.faint for line in lines.values()] + list(self._legends) + \
+            [spine for ax in self.axes.values() for spine in ax.spines.values()]
+        for artist in hidden:
+            artist.set_visible(False)
+        try:
+            self.canvas.draw()
+        finally:
+            for artist in hidden:
+                artist.set_visible(True)
+        self.chrome_draws += 1
+        return self.canvas.copy_from_bbox(self.fig.bbox)
 
     def _make_legends(self, cur, faint) -> list:
         """The series legend (top left) and the runs legend (top right), sized to fit side by side.
