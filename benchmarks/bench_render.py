@@ -7,8 +7,9 @@ earlier runs of N steps each, 800x480 frames. Each frame the current run gains
 * kernel side: ``figure.snapshot`` (read the new tail, decimate) and pickling
   the snapshot (what ``Renderer.submit``'s I/O thread sends) — this is the only
   time a frame holds the kernel's GIL;
-* renderer side: ``LiveFigure.render`` (blit + PNG) on steady frames, and a
-  full redraw (what a limit change or a new run costs);
+* renderer side: ``LiveFigure.render`` (blit + PNG) on steady frames, a
+  full redraw (what an x-limit change or a new run at new limits costs), and
+  one at limits drawn before (a restarted run's first frame);
 * end to end: submit to the renderer process and wait for the PNG.
 
 Run: ``python benchmarks/bench_render.py [--frames 40]``. Prints a table and
@@ -92,14 +93,17 @@ def bench(n: int, frames: int, renderer: R.Renderer) -> dict:
         t = time.perf_counter()
         renderer.wait(n, renderer.submit(n, snap), timeout=60)
         e2e_t.append(time.perf_counter() - t)
-    full_t = []
+    full_t, reuse_t = [], []
     for _ in range(5):
         fresh = F.LiveFigure()
         fresh.render(snap)                             # figure creation is not part of a redraw
-        fresh._background = None
-        t = time.perf_counter()
-        fresh.render(snap)
-        full_t.append(time.perf_counter() - t)
+        for times, keep_axes in ((full_t, False), (reuse_t, True)):
+            fresh._background = None
+            if not keep_axes:
+                fresh._chrome.clear()                  # everything drawn anew (new limits)
+            t = time.perf_counter()
+            fresh.render(snap)
+            times.append(time.perf_counter() - t)
     return {
         "points": n,
         "kernel_snapshot_cold_ms": round(cold * 1e3, 2),
@@ -109,6 +113,8 @@ def bench(n: int, frames: int, renderer: R.Renderer) -> dict:
         "sent_kib": round(statistics.median(sent) / 1024, 1),
         "renderer_frame_ms": ms(frame_t),
         "renderer_full_redraw_ms": ms(full_t),
+        # a full redraw at limits drawn before (a restarted run's first frame): lines and legends over kept axes
+        "renderer_redraw_same_limits_ms": ms(reuse_t),
         "renderer_full_draws": fig.full_draws,
         "png_kib": round(statistics.median(kib), 1),
         "end_to_end_ms": ms(e2e_t),
