@@ -106,6 +106,10 @@ def grid(ray_cluster, digits, tmp_path_factory):
     from conftest import mlp
     store = tmp_path_factory.mktemp("grid-store")
     t = _trainer(digits, mlp, store, delay=0.02)       # about 0.5 s an epoch
+    import ray
+    from nb_trainer.sweep import control
+    # the control actor's process (started with the cluster) is named ray::IDLE too until the actor is in it
+    ray.get(control.shared().ping.remote(), timeout=60)
     deadline = time.monotonic() + 60
     while len(_idle_workers()) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)                     # Ray starts one idle worker per core with the cluster

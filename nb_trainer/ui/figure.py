@@ -558,9 +558,9 @@ class LiveFigure:
 
     def _redraw_axes(self, snap, limits) -> bool:
         """Only some y limits changed (a run's gradient norm fell below its axis, say): redraw those axes alone
-        on the cached background (about a third of a full redraw). False where it
-        cannot be done that way: the x limits changed (all four axes share them), or what is erased would
-        reach another axes, its title or a legend.
+        on the cached background (about half a full redraw). False where it cannot be done that way: the x
+        limits changed (all four axes share them), or what is erased would reach another axes, its tick
+        labels or title, or a legend.
 
         What a y-limit change alters lies in the axes' rectangle and its y tick labels (and the title, for the
         metric's "values below" note): that region, as it was and as it becomes, and the x axis's, is painted
@@ -589,7 +589,7 @@ class LiveFigure:
             if name not in changed:
                 ax = self.axes[name]
                 others += [ax.bbox.padded(4 * self.scale), ax.title.get_window_extent(renderer),
-                           ax.yaxis.get_tightbbox(renderer)]
+                           ax.yaxis.get_tightbbox(renderer), ax.xaxis.get_tightbbox(renderer)]
         if any(r.overlaps(b) for r in regions for b in others if b is not None):
             return False        # the full draw that follows draws everything at the new limits
         self.canvas.restore_region(self._background)
