@@ -622,10 +622,8 @@ class LiveFigure:
         # the legends (figure level); the animated (current-run) lines are left out
         renderer = self.canvas.get_renderer()
         for ax in self.axes.values():
-            for lines in self.faint:
-                for s in SERIES:
-                    if lines[s].axes is ax:
-                        lines[s].draw(renderer)
+            for line in self._faint_lines(ax):
+                line.draw(renderer)
             for spine in ax.spines.values():
                 spine.draw(renderer)
         for leg in self._legends:
@@ -636,8 +634,8 @@ class LiveFigure:
     def _draw_chrome(self):
         """A full draw without the runs' lines, the axes' frames and the legends (drawn over it by
         :meth:`_full_draw`): the region to restore."""
-        hidden = [line for lines in self.faint for line in lines.values()] + list(self._legends) + \
-            [spine for ax in self.axes.values() for spine in ax.spines.values()]
+        hidden = list(self._legends) + [artist for ax in self.axes.values()
+                                        for artist in (*self._faint_lines(ax), *ax.spines.values())]
         for artist in hidden:
             artist.set_visible(False)
         try:
@@ -647,6 +645,11 @@ class LiveFigure:
                 artist.set_visible(True)
         self.chrome_draws += 1
         return self.canvas.copy_from_bbox(self.fig.bbox)
+
+    @staticmethod
+    def _faint_lines(ax) -> list:
+        """The earlier runs' lines of ``ax``, in the order a full draw draws them (the current run's are animated)."""
+        return [line for line in ax.get_lines() if not line.get_animated()]
 
     def _make_legends(self, cur, faint) -> list:
         """The series legend (top left) and the runs legend (top right), sized to fit side by side.
