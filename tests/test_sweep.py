@@ -99,6 +99,28 @@ def _ray_processes():
     return found
 
 
+def test_the_idle_workers_outlive_a_sweep_reserving_every_cpu(ray_cluster, wait_until):
+    # Ray ends idle workers beyond the CPUs not reserved (checking every 0.2 s, once idle for 1 s),
+    # and a sweep's trials reserve every CPU (a placement group each) a moment before they ask for
+    # workers: the local Ray's idle workers, kept alive, are still there for them (cluster.py)
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from nb_trainer.sweep import control
+    ray.get(control.shared().ping.remote(), timeout=60)     # its process is no longer ray::IDLE
+    assert wait_until(lambda: len(_idle_workers()) >= 2, timeout=60)
+    idle = _idle_workers()
+    time.sleep(1.5)                     # idle for longer than Ray's threshold
+    groups = [placement_group([{"CPU": 1}]) for _ in range(2)]
+    try:
+        ray.get([g.ready() for g in groups], timeout=30)
+        assert ray.available_resources().get("CPU", 0) == 0
+        time.sleep(1.0)                 # five of Ray's checks
+        assert idle <= _idle_workers(), (idle, _idle_workers())
+    finally:
+        for g in groups:
+            remove_placement_group(g)
+
+
 # -- a 4-trial grid, one of them set to diverge --------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,21 @@ with a worker per CPU core. A local Ray started here is kept safe by default:
 - it sends no usage statistics unless the user turned them on
   (``RAY_USAGE_STATS_ENABLED``, or ``ray enable-usage-stats``);
 - its worker logs stay in Ray's log files instead of being printed into the cell;
-- its idle workers are ready for a sweep's first trials: Ray starts one per core with the
-  cluster, and here they import torch, Ray Tune and nb_trainer's trial code while idle
+- its idle workers are ready for a sweep's first trials: one per core starts with the
+  cluster, and they import torch, Ray Tune and nb_trainer's trial code while idle
   (``preload_python_modules``). Tune gives its trial actors a ``runtime_env`` of its own
   (``PL_DISABLE_FORK=1``), and Ray never gives an idle worker to an actor whose ``runtime_env``
   differs from the worker's: each trial's actor was a new process (4.3 s to its first call here,
   against 0.35 s on an idle worker). So the local Ray's processes get that variable from the
   start, and Tune, while that Ray is up, adds nothing (:func:`_tune_actors_on_idle_workers`).
-- a sweep's trial workers end with it (Ray ends an actor's process with the actor), and Ray
-  starts idle workers only with the cluster: every later sweep's trials paid a new process and
+  Ray ends idle workers beyond the CPUs not yet reserved, every 0.2 s: a sweep's trials reserve
+  every CPU (a placement group each) a moment before they ask for a worker, and when that check
+  fell in between, Ray ended the idle workers and started new processes for the trials (in
+  about a third of the first sweeps here). Workers Ray was asked to keep alive are spared, so
+  the local Ray's first idle workers are started that way (:func:`_prestart_idle_workers`)
+  instead of by Ray's own prestart, like those after a sweep.
+- a sweep's trial workers end with it (Ray ends an actor's process with the actor), and no
+  idle workers took their place: every later sweep's trials paid a new process and
   its imports (6.7-7.8 s to the first epoch here, against 1.4-1.9 s on idle workers). So when a
   sweep ends, as many idle workers as it used are started again (:func:`refill_idle_workers`),
   and they import while the notebook does something else.
@@ -50,9 +56,9 @@ PRELOAD_ENV = "NBT_RAY_PRELOAD"
 # Tune's environment for its trial actors (ray.tune.execution.class_cache.DEFAULT_ENV_VARS), given
 # to the local Ray's processes from the start instead
 TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
-# how long an idle worker started after a sweep is kept (Ray ends idle workers beyond one per core
-# after a second, except for this while): the next sweep of a working session finds it
-REFILL_KEEP_ALIVE_S = 3600
+# how long an idle worker started here is kept (Ray ends idle workers beyond the CPUs not reserved,
+# except for this while): the next sweep of a working day finds it
+KEEP_ALIVE_S = 24 * 3600
 
 _lock = threading.Lock()
 _started_here = False     # this module started the local Ray the kernel is connected to
@@ -138,7 +144,9 @@ def _start_local(ray, num_cpus: int, quiet: dict) -> None:
     try:
         preload = is_on(PRELOAD_ENV)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _system_config={"preload_python_modules": list(PRELOAD) if preload else []},
+                 # the first idle workers come from _prestart_idle_workers, kept alive
+                 _system_config={"preload_python_modules": list(PRELOAD) if preload else [],
+                                 "prestart_worker_first_driver": False},
                  **({"_node_ip_address": "127.0.0.1"} if loopback else {}), **quiet)
     finally:
         for k, v in saved.items():     # the kernel's own environment stays as it was
@@ -170,36 +178,47 @@ def _tune_actors_on_idle_workers(on: bool) -> None:
 
 
 def refill_idle_workers(count: int) -> int:
-    """Have the local Ray started here start ``count`` idle workers, as it does once with the cluster.
+    """Have the local Ray started here start ``count`` idle workers, as it did with the cluster.
 
     A sweep's trial actors took the idle workers, and their processes ended with them; the next
     sweep's trials take these instead of new processes. They import :data:`PRELOAD` while idle, as
-    the first ones did. Uses the raylet's own request for it (``PrestartWorkers``, on loopback);
-    returns how many were asked for, 0 when there is no local Ray of ours or Ray refused (nothing
-    else changes then: the next trials start new processes)."""
-    count = int(count)
-    if count <= 0:
-        return 0
+    the first ones did. Returns how many were asked for, 0 when there is no local Ray of ours or
+    Ray refused (nothing else changes then: the next trials start new processes)."""
     try:
         import ray
         with _lock:
             if not (_started_here and ray.is_initialized()):
                 return 0
-            from ray._private.grpc_utils import init_grpc_channel
-            from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
-            node = ray._private.worker.global_worker.node
-            request = node_manager_pb2.PrestartWorkersRequest(
-                language=common_pb2.PYTHON, job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
-                runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env="{}"),
-                keep_alive_duration_secs=REFILL_KEEP_ALIVE_S, num_workers=count)
-            channel = init_grpc_channel(f"{node.node_ip_address}:{node.node_manager_port}")
-            try:
-                node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
-            finally:
-                channel.close()
-            return count
-    except Exception as e:  # a Ray without that request, or one going down: the next trials start processes
+            return _prestart_idle_workers(ray, count)
+    except Exception as e:  # a Ray going down: the next trials start processes
         logging.getLogger(__name__).debug("no idle workers started after the sweep: %r", e)
+        return 0
+
+
+def _prestart_idle_workers(ray, count: int) -> int:
+    """Ask the local raylet for ``count`` idle workers of this job, kept alive :data:`KEEP_ALIVE_S`.
+
+    Uses the raylet's own request for it (``PrestartWorkers``, on loopback); returns how many were
+    asked for, 0 when Ray refused."""
+    count = int(count)
+    if count <= 0:
+        return 0
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+        node = ray._private.worker.global_worker.node
+        request = node_manager_pb2.PrestartWorkersRequest(
+            language=common_pb2.PYTHON, job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
+            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env="{}"),
+            keep_alive_duration_secs=KEEP_ALIVE_S, num_workers=count)
+        channel = init_grpc_channel(f"{node.node_ip_address}:{node.node_manager_port}")
+        try:
+            node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
+        finally:
+            channel.close()
+        return count
+    except Exception as e:  # a Ray without that request: the trials start processes of their own
+        logging.getLogger(__name__).debug("no idle workers started: %r", e)
         return 0
 
 
@@ -221,8 +240,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> di
             _tune_actors_on_idle_workers(False)
             if address is None:
                 _safe_local_environment(ray)
-                _on_a_lasting_thread(lambda: _start_local(ray, num_cpus or os.cpu_count() or 1, quiet))
+                cpus = num_cpus or os.cpu_count() or 1
+                _on_a_lasting_thread(lambda: _start_local(ray, cpus, quiet))
                 started = _started_here = True
+                _prestart_idle_workers(ray, cpus)      # one per core, for the first sweep's trials
                 _tune_actors_on_idle_workers(True)
                 from . import control
                 control.shared()     # its process starts now, beside the idle workers' imports
