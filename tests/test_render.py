@@ -755,6 +755,48 @@ def test_frames_are_drawn_in_the_kernel_until_the_renderer_process_is_up(monkeyp
         r.close()
 
 
+class _SlowChild:
+    """A renderer process's pipe end and process, answering a frame ``after`` seconds after it was sent."""
+
+    def __init__(self, after: float, png: bytes):
+        self.after, self.png, self.sent, self.msg = after, png, None, None
+
+    def send(self, msg):
+        self.sent, self.msg = time.monotonic(), msg
+
+    def poll(self, timeout):
+        left = self.sent + self.after - time.monotonic()
+        if left > 0:
+            time.sleep(min(timeout, left))
+        return time.monotonic() >= self.sent + self.after
+
+    def recv(self):
+        _, key, seq, _, _ = self.msg
+        return ("frame", key, seq, self.png, self.after * 1e3, 1)
+
+    def is_alive(self):
+        return True
+
+
+@pytest.mark.parametrize("after, drawn_here", [(0.5, False), (2.5, True)])
+def test_a_first_frame_is_drawn_in_the_kernel_only_when_the_renderer_is_late(after, drawn_here):
+    # a renderer drawing a new panel's first frame on a new figure takes about half a second: waited
+    # for, since the kernel would draw a new figure too (0.6-1 s holding the GIL, the training thread
+    # all but stopped); one that has not answered after FIRST_FRAME_PATIENCE is starved: drawn here
+    assert 0.5 < R.FIRST_FRAME_PATIENCE < 2.5
+    child_png = F.LiveFigure((320, 200)).render(F.snapshot([], "classification"))
+    r = R.Renderer()
+    child = _SlowChild(after, child_png)
+    r._conn, r._proc, r._ready = child, child, True
+    try:
+        assert r._draw_in_child("panel", 1, F.snapshot([make_run(100)], "classification"), (240, 160, 1.0))
+        assert (r.inprocess_cpu_s > 0) is drawn_here
+        assert r.poll("panel") is child_png           # the renderer's frame, the last to land, is shown
+    finally:
+        r._conn = r._proc = None
+        r.close()
+
+
 def test_the_warm_up_figure_serves_the_first_panel_and_shows_nothing_of_the_warm_up():
     """The renderer's warm-up figure becomes the first figure of that geometry: its first frame of a real
     run is the same picture a new figure draws, and a figure of another geometry is made anew."""

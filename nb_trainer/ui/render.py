@@ -76,7 +76,13 @@ INPROCESS_BUDGET = 0.03     # in-process drawing: at most this share of wall tim
 INPROCESS_BURST = 0.3       # after a burst of this many CPU seconds (the first, full draw) ...
 INPROCESS_MIN_INTERVAL = 0.25   # ... and at most 4 frames per second
 PARENT_CHECK_SECONDS = 1.0
-FIRST_FRAME_PATIENCE = 0.4  # a key's first frame is drawn in the kernel if the renderer takes longer
+# a key's first frame is drawn in the kernel if the renderer takes longer. The renderer draws a new
+# panel's first frame in 0.15-0.25 s on a spare figure and 0.5-0.6 s on a new one (panels made one
+# after another leave it no idle time for a spare); drawn in the kernel, the same frame is a new
+# figure there (0.6-1.0 s of CPU, holding the GIL: the training thread all but stops meanwhile).
+# At 0.4 s the kernel drew it whenever the renderer had no spare, and the renderer's copy came later
+# for it (1.1-1.5 s): a panel made right after another cost 8-10% of its 3 runs' throughput
+FIRST_FRAME_PATIENCE = 0.8
 RENDERER_NICE = 5           # the renderer process runs at a lower priority than the kernel
 SPARE_IDLE_SECONDS = 2.0    # the renderer idle this long (no run is drawing) makes a spare figure for the next new panel
 
