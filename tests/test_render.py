@@ -789,8 +789,9 @@ def test_a_first_frame_is_drawn_in_the_kernel_only_when_the_renderer_is_late(aft
     child = _SlowChild(after, child_png)
     r._conn, r._proc, r._ready = child, child, True
     try:
-        assert r._draw_in_child("panel", 1, F.snapshot([make_run(100)], "classification"), (240, 160, 1.0))
+        assert r._draw_in_child("panel", 1, F.snapshot([make_run(100)], "classification"), (320, 200, 1.0))
         assert (r.inprocess_cpu_s > 0) is drawn_here
+        assert r.last_error is None, r.last_error     # drawn here, it was a frame, not an error
         assert r.poll("panel") is child_png           # the renderer's frame, the last to land, is shown
     finally:
         r._conn = r._proc = None

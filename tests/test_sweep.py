@@ -134,7 +134,7 @@ def grid(ray_cluster, digits, tmp_path_factory):
     ray.get(control.shared().ping.remote(), timeout=60)
     deadline = time.monotonic() + 60
     while len(_idle_workers()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)                     # Ray starts one idle worker per core with the cluster
+        time.sleep(0.2)                     # connect starts one idle worker per core with the cluster
     idle = _idle_workers()
     t0 = time.monotonic()
     sweep = t.sweep({"lr": [0.01, 0.03, 0.1, 10.0]}, parallel=2, scheduler="fifo", optimizer="sgd", epochs=6)
@@ -204,7 +204,7 @@ def _imported_torch(pid: int) -> bool:
 
 
 def test_a_later_sweep_finds_idle_preloaded_workers_again(grid, digits, tmp_path, wait_until):
-    # Ray ends a trial's process with its actor and starts idle workers only with the cluster: the
+    # Ray ends a trial's process with its actor and starts no idle worker in its place: the
     # sweep that ended asked it for as many as it used, they import torch while idle, and the next
     # sweep's trials take them instead of starting processes of their own
     from conftest import mlp

@@ -186,13 +186,12 @@ def refill_idle_workers(count: int) -> int:
     Ray refused (nothing else changes then: the next trials start new processes)."""
     try:
         import ray
-        with _lock:
-            if not (_started_here and ray.is_initialized()):
-                return 0
-            return _prestart_idle_workers(ray, count)
-    except Exception as e:  # a Ray going down: the next trials start processes
-        logging.getLogger(__name__).debug("no idle workers started after the sweep: %r", e)
+    except ImportError:
         return 0
+    with _lock:
+        if not (_started_here and ray.is_initialized()):
+            return 0
+        return _prestart_idle_workers(ray, count)
 
 
 def _prestart_idle_workers(ray, count: int) -> int:
@@ -217,7 +216,7 @@ def _prestart_idle_workers(ray, count: int) -> int:
         finally:
             channel.close()
         return count
-    except Exception as e:  # a Ray without that request: the trials start processes of their own
+    except Exception as e:  # a Ray without that request, or one going down: the trials start processes
         logging.getLogger(__name__).debug("no idle workers started: %r", e)
         return 0
 
