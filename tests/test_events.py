@@ -124,3 +124,72 @@ def test_a_slow_subscriber_does_not_slow_training(small_digits, make_mlp):
     t.events.flush(timeout=5)
     assert got.count(ev.EPOCH_ENDED) == 5 and got[-1] == ev.RUN_ENDED
     t.close()
+
+
+class _Run:
+    status = "running"
+
+
+def test_logged_events_wait_out_the_latency_and_go_together_in_order(bus):
+    """A subscriber with a latency gets "logged" events in batches (one wake of its thread for many), the
+    other kinds at once with the "logged" ones before them, all in order, and flush delivers what waits."""
+    got, wakes, last = [], [], [0.0]
+
+    def on(event):
+        now = time.monotonic()
+        if now - last[0] > 0.05:
+            wakes.append(now)
+        last[0] = now
+        got.append((event.kind, event.data.get("i")))
+
+    run = _Run()
+    bus.subscribe(on, latency=0.3)
+    t0 = time.monotonic()
+    for i in range(20):
+        bus.publish(ev.LOGGED, run, i=i)
+    time.sleep(0.1)
+    assert got == []                                    # still waiting
+    bus.publish(ev.EPOCH_ENDED, run, i=20)              # not coalescable: now, with what waited
+    deadline = time.monotonic() + 5
+    while len(got) < 21 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == [(ev.LOGGED, i) for i in range(20)] + [(ev.EPOCH_ENDED, 20)]
+    assert time.monotonic() - t0 < 0.3 + 0.25
+    got.clear()
+    for i in range(10):
+        bus.publish(ev.LOGGED, run, i=i)
+        time.sleep(0.02)
+    bus.flush(timeout=5)                                 # flush does not wait the latency out
+    assert [i for _, i in got] == list(range(10))
+    got.clear()
+    t1 = time.monotonic()
+    for i in range(10):
+        bus.publish(ev.LOGGED, run, i=i)
+    deadline = time.monotonic() + 5
+    while len(got) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [i for _, i in got] == list(range(10))
+    assert last[0] - t1 >= 0.25                          # they waited, and came in one go
+
+
+def test_a_pause_or_resume_is_delivered_at_once_and_carries_its_time_and_status(bus):
+    got = []
+    run = _Run()
+    bus.subscribe(lambda e: got.append((e.status, e.at, time.time())), latency=5.0)
+    bus.publish(ev.LOGGED, run)
+    run.status = "paused"
+    t = time.time()
+    bus.publish(ev.LOGGED, run)
+    run.status = "running"
+    deadline = time.monotonic() + 2
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [s for s, _, _ in got] == ["running", "paused"]      # the status when published, not now
+    assert abs(got[1][1] - t) < 0.05 and got[1][2] - t < 1.0    # at once, not 5 s later
+
+
+def test_bad_kinds_and_latency_are_refused_by_name(bus):
+    with pytest.raises(ValueError, match="kinds.*epoch_end"):
+        bus.subscribe(print, kinds=["epoch_end"])
+    with pytest.raises(ValueError, match="latency"):
+        bus.subscribe(print, latency=-1)

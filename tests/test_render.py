@@ -848,3 +848,38 @@ def test_an_idle_renderer_readies_a_figure_for_the_next_new_panel(monkeypatch):
         assert r.mode == "process"
     finally:
         r.close()
+
+
+def test_a_closed_panels_figure_serves_the_next_new_panel_and_shows_nothing_of_the_old_one(monkeypatch):
+    """Panels closed and made again (a cell run again, a new Trainer): the new panel's first frame is a redraw
+    of the closed panel's figure (0.03-0.15 s), not a new figure's first draw (0.25-1 s), and is the picture a
+    new figure draws of the new panel's runs."""
+    monkeypatch.setattr(R, "FIRST_FRAME_PATIENCE", 600.0)     # the process's frames only (see above)
+    old = F.snapshot(five_runs(), "classification")
+    new = F.snapshot(five_runs(n=400)[1:3], "classification")
+    fresh = F.LiveFigure(R.DEFAULT_SIZE).render(new)
+    r = R.Renderer().start()
+    try:
+        deadline = time.monotonic() + 60
+        while not r._ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        def first_frame(key, snap):
+            r.last_figure_draws = None
+            png = r.wait(key, r.submit(key, snap), timeout=60)
+            assert png is not None and png.startswith(PNG_SIGNATURE), r.last_error
+            return png, r.last_figure_draws
+        _, draws = first_frame("panel-1", old)
+        assert draws == 2                                   # the warm-up's figure
+        _, draws = first_frame("panel-2", old)
+        assert draws == 1                                   # no spare left: a new figure
+        r.forget("panel-1")
+        png, draws = first_frame("panel-3", new)
+        assert draws == 3                                   # panel-1's figure, drawn twice before
+        assert np.array_equal(pixels(png), pixels(fresh))
+        r.forget("panel-2")
+        r.forget("panel-3")
+        _, draws = first_frame("panel-4", F.snapshot(five_runs(n=600)[2:4], "classification"))
+        assert draws in (2, 4)                              # one of the two kept, not a new figure
+        assert r.mode == "process" and r.last_error is None
+    finally:
+        r.close()

@@ -248,7 +248,10 @@ class Panel(W.VBox):
         self.css = W.HTML(f"<style>{S.PANEL_CSS}\n{hide_rule(self._key)}</style>", layout=W.Layout(display="none"))
         self.children = self.children + tuple(w for w in (self.css, self.helper) if w is not None)
         self._set_controls_enabled()
-        self._sub = trainer.events.subscribe(self._on_event)
+        # the refresh reads the runs themselves: an epoch's end needs no event, and "logged" ones (dozens a second
+        # in a fast run, each a wake of a thread in the training's process) are delivered a few times a second
+        self._sub = trainer.events.subscribe(self._on_event, kinds=(ev.RUN_STARTED, ev.LOGGED, ev.WARNING, ev.RUN_ENDED),
+                                             latency=MIN_REFRESH_SECONDS)
         self._thread = threading.Thread(target=self._loop, name="nbt-panel", daemon=True)
         self._thread.start()
         if self.earlier or trainer.runs:
@@ -418,7 +421,8 @@ class Panel(W.VBox):
         return run.config if run is not None else self.trainer.defaults
 
     def _on_event(self, event: ev.Event) -> None:
-        self.clock.observe(event.run)
+        # a pause is timed from when the run paused, not from when the event came (up to the latency later)
+        self.clock.observe(event.run, event.at, event.status)
         if event.kind == ev.RUN_STARTED or (event.kind == ev.LOGGED and event.run.changes):
             self._show_config(event.run.config)
         if event.kind == ev.RUN_STARTED and not self._real_frame:

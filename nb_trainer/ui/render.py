@@ -40,7 +40,7 @@ Behaviour:
   not answered within :data:`FIRST_FRAME_PATIENCE` (a busy machine starves it).
   That is rare: a new figure's first draw costs 0.6-1 s, a redraw ~0.15 s, so the
   renderer keeps a figure drawn once ready for the next new panel (its warm-up's
-  at the start, another after :data:`SPARE_IDLE_SECONDS` idle).
+  at the start, a closed panel's, or another after :data:`SPARE_IDLE_SECONDS` idle).
 * A renderer process that dies is reaped and a new one started for the next
   frame (the frame that was lost is drawn again). If processes cannot be
   started, or die more than :data:`MAX_RESTARTS` times in a minute, frames are
@@ -84,6 +84,7 @@ PARENT_CHECK_SECONDS = 1.0
 # for it (1.1-1.5 s): a panel made right after another cost 8-10% of its 3 runs' throughput
 FIRST_FRAME_PATIENCE = 0.8
 RENDERER_NICE = 5           # the renderer process runs at a lower priority than the kernel
+MAX_SPARES = 2              # figures kept drawn for new panels (a closed panel's, or made while idle)
 SPARE_IDLE_SECONDS = 2.0    # the renderer idle this long (no run is drawing) makes a spare figure for the next new panel
 
 
@@ -135,13 +136,14 @@ def _child_main(conn, parent_pid: int) -> None:
     spare_geometry = (DEFAULT_SIZE, 1.0)    # the next new panel's, most likely: the latest frame's
     while True:
         try:
-            if not conn.poll(PARENT_CHECK_SECONDS if spares else SPARE_IDLE_SECONDS):
+            ready = any((f.size, f.scale) == spare_geometry for f in spares)
+            if not conn.poll(PARENT_CHECK_SECONDS if ready else SPARE_IDLE_SECONDS):
                 if os.getppid() != parent_pid:      # parent gone (killed): we were re-parented
                     return
-                if not spares:
+                if not ready:
                     # idle: draw a figure for the next new panel now, so that its first frame is a redraw
                     # (~0.1 s) and not a new figure's first draw (0.6-1 s, when the kernel would draw it too)
-                    spares.extend(f for f in (_warm_up(*spare_geometry),) if f is not None)
+                    _keep_spare(spares, _warm_up(*spare_geometry))
                 continue
             msg = conn.recv()
         except (EOFError, OSError):
@@ -149,7 +151,9 @@ def _child_main(conn, parent_pid: int) -> None:
         if msg is None:
             return
         if msg[0] == "forget":
-            figures.pop(msg[1], None)
+            # a closed panel's figure, drawn before, is the next new panel's: its first frame is then a redraw
+            # (0.05-0.15 s, often on axes drawn at the same limits) instead of a new figure's first draw
+            _keep_spare(spares, figures.pop(msg[1], None))
             continue
         _, key, seq, geometry, snap = msg
         spare_geometry = (tuple(geometry[:2]), geometry[2])
@@ -166,6 +170,14 @@ def _child_main(conn, parent_pid: int) -> None:
             conn.send(reply)
         except OSError:
             return
+
+
+def _keep_spare(spares: list, fig) -> None:
+    """Keep ``fig`` (a figure no panel uses now) for the next new panel; at most :data:`MAX_SPARES`, the newest."""
+    if fig is None:
+        return
+    spares.append(fig)
+    del spares[:-MAX_SPARES]
 
 
 def _warm_up(size=DEFAULT_SIZE, scale: float = 1.0):

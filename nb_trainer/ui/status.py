@@ -40,14 +40,17 @@ class PauseClock:
         self._since: dict[int, float] = {}        # id(run): when the pause now going on began
         self._lock = threading.Lock()
 
-    def observe(self, run, now: Optional[float] = None) -> None:
+    def observe(self, run, now: Optional[float] = None, status: Optional[str] = None) -> None:
+        """Note the run's status (``status``, default its status now) as of ``now`` (default: now)."""
         if run is None:
             return
         now = time.time() if now is None else now
+        status = run.status if status is None else status
         key = id(run)
         with self._lock:
-            if run.status == "paused":
-                self._since.setdefault(key, now)
+            if status == "paused":
+                # the earliest word of it: an event can come after a refresh that read the status later
+                self._since[key] = min(self._since.get(key, now), now)
             elif key in self._since:
                 self._paused[key] = self._paused.get(key, 0.0) + now - self._since.pop(key)
 
