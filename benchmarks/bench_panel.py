@@ -2,18 +2,23 @@
 
 The reference workload (MLP 64-256-256-10 on scikit-learn's digits, Adam, batch 64) trains
 headless and with the panel attached and rendering at its default rate, alternately in one
-process; the medians of the pairs give the throughput ratio (target >= 0.95). Each side of a pair
-is --runs runs one after the other on one Trainer, as slider restarts make them; with the panel,
-each run's end also publishes its static rendering for the saved notebook (the final frame, the
-HTML summary, the runs table, JSON-encoded as a kernel sends it), on the panel's thread while the
-next run trains, and the time counts until the last one is out ("ratio incl. static"). The
-ratio of the training alone (up to the last run's end) is printed beside it. It also prints
+process; the medians of the pairs give the throughput ratio (target >= 0.95), with a bootstrap
+95% interval of that median. By default there are two Trainers for the whole benchmark, one with
+its panel, and a pair is one run of each (a run restarts from the same weights, as a slider does):
+run-by-run alternation cancels most of a shared host's drift, which moves single 7 s stretches by
++-10%. With ``--alternate sides`` a pair is instead a new Trainer (and panel) of each for --runs
+runs, then closed: it also counts making the panel and its first frames. With the panel, each
+run's end also publishes its static rendering for the saved notebook (the final frame, the HTML
+summary, the runs table, JSON-encoded as a kernel sends it), and the time counts until it is out
+("ratio incl. static"). The ratio of the training alone (up to the run's end) is printed beside
+it. It also prints
 frames per second while training, the longest gap between frames, ms per frame at 1k/10k/100k
 history points (the kernel's side: snapshot + send; the renderer's side: draw + PNG) and KiB sent
 per frame.
 
-    python benchmarks/bench_panel.py            # 5 pairs
+    python benchmarks/bench_panel.py            # 30 pairs of runs
     python benchmarks/bench_panel.py --pairs 7 --scale 2     # frames for a high-density screen
+    python benchmarks/bench_panel.py --alternate sides --pairs 15   # new Trainers and panels, 3 runs each
 """
 from __future__ import annotations
 
@@ -85,50 +90,68 @@ def _timed_publish_static(panel):
     panel.publish_static = publish_static
 
 
-def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs: int = 1):
-    try:
-        from nb_trainer.ui import static
-        static.publish = _publish_like_a_kernel
-    except ImportError:             # a version before the static rendering (to compare against)
-        static = None
-    t = nbt.Trainer(model(), train, val, store=None, epochs=epochs, batch_size=64, optimizer="adam")
-    panel = None
-    frame_times = []
-    if with_panel:
-        panel = t.panel()
-        if static is not None:
-            panel.scale = scale
-            panel._display_id = "bench"              # as if displayed: the static rendering is published
-            panel._static_sig = panel._static_signature()
-            _timed_publish_static(panel)
-        panel.plot.observe(lambda change: frame_times.append(time.perf_counter()), names="value")
-    try:
+class Side:
+    """One Trainer of the reference workload, headless or with its panel attached (as if displayed)."""
+
+    def __init__(self, train, val, epochs: int, with_panel: bool, scale: float = 1.0):
+        try:
+            from nb_trainer.ui import static
+            static.publish = _publish_like_a_kernel
+        except ImportError:             # a version before the static rendering (to compare against)
+            static = None
+        self.with_panel, self.static = with_panel, static
+        self.t = nbt.Trainer(model(), train, val, store=None, epochs=epochs, batch_size=64, optimizer="adam")
+        self.panel = None
+        self.frame_times: list[float] = []
+        if with_panel:
+            panel = self.panel = self.t.panel()
+            if static is not None:
+                panel.scale = scale
+                panel._display_id = "bench"              # as if displayed: the static rendering is published
+                panel._static_sig = panel._static_signature()
+                _timed_publish_static(panel)
+            panel.plot.observe(lambda change: self.frame_times.append(time.perf_counter()), names="value")
+
+    def runs(self, n: int = 1):
+        """Train ``n`` runs one after the other (as slider restarts do), the static rendering of the last one's
+        end included; returns (steps/s, frames/s while training, longest gap between frames, steps/s of the
+        training alone)."""
+        t, panel = self.t, self.panel
         t0 = time.perf_counter()
         cpu0, rcpu0 = time.process_time(), _renderer_cpu()
         steps = 0
-        for _ in range(runs):
+        for _ in range(n):
             run = t.start()
             t.wait()
             if run.status != "finished":
                 raise RuntimeError(f"run ended {run.status}: {run.error}")
             steps += run.step
         trained = time.perf_counter() - t0
-        if with_panel and static is not None:
+        if self.with_panel and self.static is not None:
             deadline = time.monotonic() + 30
             while panel._static_sig != panel._static_signature() and time.monotonic() < deadline:
                 time.sleep(0.002)
             if panel.static_updates == 0:
                 raise RuntimeError("the static rendering was not published at the run's end")
         wall = time.perf_counter() - t0
-        CPU["panel" if with_panel else "headless"].append((time.process_time() - cpu0) / steps * 1e3)
-        if with_panel:
+        CPU["panel" if self.with_panel else "headless"].append((time.process_time() - cpu0) / steps * 1e3)
+        if self.with_panel:
             CPU["renderer"].append((_renderer_cpu() - rcpu0) / steps * 1e3)
-        rate = steps / wall
-        frames = [f for f in frame_times if t0 <= f <= t0 + trained]
-        gaps = np.diff([t0] + frames + [t0 + trained]) if with_panel else np.array([0.0])
-        return rate, len(frames) / trained, float(gaps.max()), steps / trained
+        frames = [f for f in self.frame_times if t0 <= f <= t0 + trained]
+        gaps = np.diff([t0] + frames + [t0 + trained]) if self.with_panel else np.array([0.0])
+        return steps / wall, len(frames) / trained, float(gaps.max()), steps / trained
+
+    def close(self):
+        self.t.close()
+
+
+def one_run(train, val, epochs: int, with_panel: bool, scale: float = 1.0, runs: int = 1):
+    """A new Trainer (and panel) for ``runs`` runs, then closed: one side of a pair of sides."""
+    side = Side(train, val, epochs, with_panel, scale)
+    try:
+        return side.runs(runs)
     finally:
-        t.close()
+        side.close()
 
 
 def fake_runs(points: int, n_runs: int = 4):
@@ -176,14 +199,25 @@ def frame_costs(sizes=(1_000, 10_000, 100_000), repeats: int = 7):
               f"{statistics.median(kib):>10.1f} {renderer.mode:>8}")
 
 
+def bootstrap_median(values, n: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the median of ``values``."""
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values, dtype=float)
+    medians = np.median(rng.choice(v, size=(n, len(v)), replace=True), axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=30)
     p.add_argument("--epochs", type=int, default=60, help="epochs per run (digits: ~23 steps each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="2 pairs of short runs (a smoke test)")
     p.add_argument("--scale", type=float, default=1.0, help="device pixels per CSS pixel of the frames (2: hi-dpi)")
-    p.add_argument("--runs", type=int, default=3, help="runs one after the other on each side of a pair")
+    p.add_argument("--alternate", choices=("runs", "sides"), default="runs",
+                   help="runs: one Trainer with a panel and one without for the whole benchmark, a pair is a run of "
+                        "each; sides: a pair is a new Trainer (and panel) of each for --runs runs, then closed")
+    p.add_argument("--runs", type=int, default=3, help="with --alternate sides: runs one after the other on each side")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -196,10 +230,21 @@ def main(argv=None):
     for measured in (*CPU.values(), STATIC_BYTES, STATIC_CPU_MS):
         measured.clear()               # the warm-up is not measured
     headless, paneled, fps, gaps, trained_only = [], [], [], [], []
+    sides = {}
+    if args.alternate == "runs":
+        # two Trainers for the whole benchmark, one with its panel: a pair is a run of each, as slider restarts make them
+        sides = {p: Side(train, val, args.epochs, p, args.scale) for p in (False, True)}
+        for side in sides.values():
+            side.runs(1)                 # its first run: the panel's first frames, the figure's first draw
+        for measured in (*CPU.values(), STATIC_BYTES, STATIC_CPU_MS):
+            measured.clear()
     for i in range(args.pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
         for with_panel in order:
-            rate, f, gap, training_rate = one_run(train, val, args.epochs, with_panel, args.scale, args.runs)
+            if sides:
+                rate, f, gap, training_rate = sides[with_panel].runs(1)
+            else:
+                rate, f, gap, training_rate = one_run(train, val, args.epochs, with_panel, args.scale, args.runs)
             if with_panel:
                 paneled.append(rate)
                 trained_only.append(training_rate)
@@ -210,11 +255,15 @@ def main(argv=None):
         print(f"pair {i + 1}: headless {headless[-1]:7.1f} steps/s   panel {paneled[-1]:7.1f} steps/s   "
               f"ratio incl. static {paneled[-1] / headless[-1]:.3f} (training alone "
               f"{trained_only[-1] / headless[-1]:.3f})   {fps[-1]:.2f} frames/s   longest gap {gaps[-1]:.2f}s")
+    for side in sides.values():
+        side.close()
     ratios = [p_ / h for p_, h in zip(paneled, headless)]
     print(f"\nmedian steps/s: headless {statistics.median(headless):.1f}, with panel {statistics.median(paneled):.1f}")
     print(f"throughput ratio panel/headless: median of pair ratios {statistics.median(ratios):.3f} "
           f"(ratio of medians {statistics.median(paneled) / statistics.median(headless):.3f}; target >= 0.95)")
     alone = [p_ / h for p_, h in zip(trained_only, headless)]
+    low, high = bootstrap_median(ratios)
+    print(f"bootstrap 95% interval of that median: {low:.3f}-{high:.3f}")
     print(f"throughput ratio range over pairs: {min(ratios):.3f}-{max(ratios):.3f}; training alone: median "
           f"{statistics.median(alone):.3f}, range {min(alone):.3f}-{max(alone):.3f}")
     if STATIC_BYTES:
