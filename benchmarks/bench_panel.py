@@ -71,10 +71,47 @@ def _renderer_cpu() -> float:
 STATIC_CPU_MS: list[float] = []
 
 
+COMM_MESSAGES: list[int] = []      # bytes of each widget message sent (the panel's, while measured)
+PANEL_SECONDS: list[float] = []     # wall seconds of the measured panel sides
+_SESSION = []
+
+
+def _serialize_like_a_kernel(msg_type: str, content: dict, metadata: dict, ident=None) -> int:
+    """What a kernel does to send a message, short of the socket (which its I/O thread writes): json_clean,
+    the message with its header, JSON and the HMAC signature (jupyter_client's Session). Returns its bytes."""
+    try:
+        from ipykernel.jsonutil import json_clean
+        from jupyter_client.session import Session
+    except ImportError:                 # no Jupyter here: JSON alone
+        import json
+        return len(json.dumps({"content": content, "metadata": metadata}, default=str))
+    if not _SESSION:
+        _SESSION.append(Session(key=b"bench-panel"))
+    session = _SESSION[0]
+    msg = session.msg(msg_type, json_clean(content), metadata=json_clean(metadata))
+    return sum(len(f) for f in session.serialize(msg, ident=ident))
+
+
 def _publish_like_a_kernel(data, display_id, update):
-    """What sending the static rendering costs in a kernel, short of the socket: the JSON of the message."""
-    import json
-    STATIC_BYTES.append(len(json.dumps({"data": data, "metadata": {}, "transient": {"display_id": display_id}})))
+    """What sending the static rendering costs in a kernel, short of the socket."""
+    STATIC_BYTES.append(_serialize_like_a_kernel("update_display_data" if update else "display_data",
+                                                 {"data": data, "metadata": {}, "transient": {"display_id": display_id}},
+                                                 {}))
+
+
+def _widget_messages_like_a_kernel() -> None:
+    """Widgets made from now on send their messages as a kernel's comms do (serialized and signed; buffers,
+    such as a frame's PNG, go as they are), not to ipywidgets' no-op comm outside a kernel."""
+    import comm
+    from comm.base_comm import BaseComm
+
+    class KernelLikeComm(BaseComm):
+        def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+            size = _serialize_like_a_kernel(msg_type, dict(data=data or {}, comm_id=self.comm_id, **keys),
+                                            metadata or {}, ident=self.topic)
+            COMM_MESSAGES.append(size + sum(memoryview(b).nbytes for b in buffers or ()))
+
+    comm.create_comm = KernelLikeComm
 
 
 def _timed_publish_static(panel):
@@ -137,6 +174,7 @@ class Side:
         CPU["panel" if self.with_panel else "headless"].append((time.process_time() - cpu0) / steps * 1e3)
         if self.with_panel:
             CPU["renderer"].append((_renderer_cpu() - rcpu0) / steps * 1e3)
+            PANEL_SECONDS.append(wall)
         frames = [f for f in self.frame_times if t0 <= f <= t0 + trained]
         gaps = np.diff([t0] + frames + [t0 + trained]) if self.with_panel else np.array([0.0])
         return steps / wall, len(frames) / trained, float(gaps.max()), steps / trained
@@ -223,6 +261,7 @@ def main(argv=None):
     if args.quick:
         args.pairs, args.epochs = 2, 15
     train, val = digits()
+    _widget_messages_like_a_kernel()
     from nb_trainer.ui import render
     render.get_renderer()  # started once per kernel, like the first panel does
     one_run(train, val, 3, True)  # warm-up: imports, first frame
@@ -238,6 +277,8 @@ def main(argv=None):
             side.runs(1)                 # its first run: the panel's first frames, the figure's first draw
         for measured in (*CPU.values(), STATIC_BYTES, STATIC_CPU_MS):
             measured.clear()
+    COMM_MESSAGES.clear()
+    PANEL_SECONDS.clear()
     for i in range(args.pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
         for with_panel in order:
@@ -269,6 +310,9 @@ def main(argv=None):
     if STATIC_BYTES:
         print(f"static rendering at run end: {statistics.median(STATIC_BYTES) / 1024:.0f} KiB, "
               f"{statistics.median(STATIC_CPU_MS):.1f} ms of kernel CPU (median; frames at scale {args.scale:g})")
+    if COMM_MESSAGES and PANEL_SECONDS:
+        print(f"widget messages from the panel: {len(COMM_MESSAGES) / sum(PANEL_SECONDS):.1f} a second, "
+              f"{sum(COMM_MESSAGES) / sum(PANEL_SECONDS) / 1024:.0f} KiB a second (frames included)")
     # CPU time does not depend on what else the machine runs: the kernel's CPU per step with the panel
     # against without it is the panel's cost in the kernel; the renderer's runs on another core
     kernel = statistics.median(CPU["panel"]) / statistics.median(CPU["headless"])
