@@ -11,7 +11,8 @@ runs, then closed: it also counts making the panel and its first frames. With th
 run's end also publishes its static rendering for the saved notebook (the final frame, the HTML
 summary, the runs table, JSON-encoded as a kernel sends it), and the time counts until it is out
 ("ratio incl. static"). The ratio of the training alone (up to the run's end) is printed beside
-it. It also prints
+it. Outside a kernel ipywidgets sends nothing; here the panel's widget messages are serialized and
+signed as a kernel's comms do (all but the socket write, which a kernel's I/O thread does). It also prints
 frames per second while training, the longest gap between frames, ms per frame at 1k/10k/100k
 history points (the kernel's side: snapshot + send; the renderer's side: draw + PNG) and KiB sent
 per frame.
