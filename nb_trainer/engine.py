@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import threading
 import time
 from typing import Optional, Sequence
@@ -263,6 +264,7 @@ class Engine:
         self._epoch_t0 = time.perf_counter()
         self._epoch_loss_sum = 0.0
         self._epoch_n = 0
+        self._epoch_norms: list[float] = []     # the epoch's logged gradient norms: its record keeps their median
         next_log = time.perf_counter() + LOG_SECONDS
         next_probe = probes.epoch_due_time()
         group = 0                      # batches in the current accumulation group
@@ -385,6 +387,9 @@ class Engine:
         }
         if rows:
             run.history.extend(**new)
+            self._epoch_norms.extend(v for v in new["grad_norm"] if math.isfinite(v))
+            if len(self._epoch_norms) > 4096:
+                del self._epoch_norms[::2]      # a long epoch: every other one, the median about the same
         if bad is not None:
             before = [norms[j] for j, i in enumerate(sampled) if i <= bad]
             self._diverge(first_step + bad, epoch, losses[bad], before[-1] if before else float("nan"))
@@ -474,6 +479,9 @@ class Engine:
                   "train_loss": self._epoch_loss_sum / self._epoch_n if self._epoch_n else float("nan")}
         if self.val_src is not None:
             record.update(self.evaluate(self.val_src))
+        if self._epoch_norms:
+            # what a stored run (no per-step history) draws its gradient norm from, one point an epoch
+            record["grad_norm"] = float(statistics.median(self._epoch_norms))
         record["lr"] = self._last_lr
         record["seconds"] = time.perf_counter() - self._epoch_t0
         run.epochs.append(record)

@@ -182,7 +182,7 @@ def test_trainer_multiclass_epoch_record_equals_sklearn(digits, make_mlp):
     want = _sk_classification(yv.numpy(), out.argmax(1).numpy())
     assert {k: rec[k] for k in want} == pytest.approx(want, **APPROX)
     assert rec["val_loss"] == pytest.approx(float(F.cross_entropy(out, yv)), rel=1e-5)
-    assert set(rec) == {"epoch", "train_loss", "val_loss", "lr", "seconds"} | set(metric_names("classification"))
+    assert set(rec) == {"epoch", "train_loss", "val_loss", "grad_norm", "lr", "seconds"} | set(metric_names("classification"))
     assert rec["epoch"] == 2 and rec["lr"] == 3e-3
 
 

@@ -278,7 +278,7 @@ def test_a_custom_step_returning_only_a_loss_reports_the_loss(small_digits, make
     run = t.start(epochs=2)
     t.wait()
     assert run.status == "finished", run.error
-    assert set(run.epochs[-1]) == {"epoch", "train_loss", "val_loss", "lr", "seconds"}
+    assert set(run.epochs[-1]) == {"epoch", "train_loss", "val_loss", "grad_norm", "lr", "seconds"}
 
 
 class Stream(IterableDataset):

@@ -1,6 +1,7 @@
 """The panel driven by a Trainer, no frontend: widgets are plain Python objects here."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
@@ -419,6 +420,12 @@ def test_the_panel_lists_and_draws_this_models_runs_of_earlier_kernels(small_dig
         snap = figure.snapshot(panel.plot_runs(), new.task)
         assert [r["label"] for r in snap["runs"]] == ["earlier 1", "earlier 2: lr 0.001 → 0.003"]
         assert not any(r["current"] for r in snap["runs"])
+        for drawn, run in zip(snap["runs"], old.runs):
+            # the gradient-norm panel too: each epoch's median norm, as its record in the store kept it
+            h = run.history.columns("epoch", "grad_norm")
+            want = [statistics.median(g for e, g in zip(h["epoch"], h["grad_norm"]) if e == n) for n in (1, 2)]
+            assert list(drawn["grad_norm"][1]) == pytest.approx(want, rel=1e-5)
+            assert list(drawn["loss"][1]) == pytest.approx([e["train_loss"] for e in run.epochs], rel=1e-5)
         new.start().wait()
         snap = figure.snapshot(panel.plot_runs(), new.task)
         assert snap["runs"][-1]["label"] == "run 1: first run" and snap["runs"][-1]["current"]

@@ -4,7 +4,8 @@ After a kernel restart the new Trainer's runs table starts empty; the store stil
 run the earlier kernels made. Those with the same fingerprint (architecture and data shapes,
 :mod:`nb_trainer.fingerprint`) are this model's: the panel lists them, marked "earlier", and
 can draw them faintly under its own. A stored record has epoch records but no per-step
-history, so :class:`EarlierRun` gives the figure a history of one point per epoch.
+history, so :class:`EarlierRun` gives the figure a history of one point per epoch (train loss,
+the epoch's median gradient norm, lr).
 """
 from __future__ import annotations
 
@@ -48,11 +49,13 @@ class EarlierRun:
 
 
 def _epoch_history(epochs: list, steps_per_epoch: int) -> StepHistory:
-    """One history point per epoch (its mean train loss and lr), at the epoch's last step."""
+    """One history point per epoch (its mean train loss, median gradient norm and lr), at the epoch's last step.
+    Runs stored before epoch records kept the gradient norm have none (NaN: not drawn)."""
     history = StepHistory()
     rows = [(int(e.get("epoch", i + 1)), e) for i, e in enumerate(epochs)]
     history.extend(step=[n * steps_per_epoch for n, _ in rows], epoch=[n for n, _ in rows],
-                   loss=[_num(e.get("train_loss")) for _, e in rows], grad_norm=[float("nan")] * len(rows),
+                   loss=[_num(e.get("train_loss")) for _, e in rows],
+                   grad_norm=[_num(e.get("grad_norm")) for _, e in rows],
                    lr=[_num(e.get("lr")) for _, e in rows], layer_norms=[[] for _ in rows])
     return history
 
